@@ -1,0 +1,577 @@
+//! `Release`: one version of an application, carried through every stage of the
+//! release policy (by default dev, qa, demo, prod).
+
+use chrono::{DateTime, Utc};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+use crate::names::{DEFAULT_STAGES, default_stage_namespace};
+
+/// A Release asks Stagecoach to roll one version of an application through every stage
+/// (dev, qa, demo, prod by default), each stage incrementally and behind health gates,
+/// and to revert a stage to the exact revision it ran before when anything goes wrong.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "stagecoach.dev",
+    version = "v1alpha1",
+    kind = "Release",
+    plural = "releases",
+    singular = "release",
+    shortname = "rel",
+    category = "stagecoach",
+    namespaced,
+    status = "ReleaseStatus",
+    printcolumn = r#"{"name":"Application","type":"string","jsonPath":".spec.application"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.currentStage"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.stages) || self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
+        "message": "stage names must be unique within a release",
+        "fieldPath": ".stages",
+        "reason": "FieldValueDuplicate"
+    },
+    {
+        "rule": "!has(self.stages) || self.stages.all(s, has(s.namespace) || ((self.application + '-' + s.name).size() <= 63 && (self.application + '-' + s.name).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')))",
+        "message": "every stage needs a namespace: set stages[].namespace, or use an application name for which '<application>-<stage>' is a valid namespace name (lower-case letters, digits and '-', at most 63 characters)",
+        "fieldPath": ".stages"
+    },
+    {
+        "rule": "has(self.stages) || ((self.application + '-demo').size() <= 63 && self.application.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
+        "message": "the default stages use namespaces '<application>-dev', '-qa', '-demo' and '-prod', which this application name cannot form; list spec.stages with a namespace for each",
+        "fieldPath": ".application"
+    }
+]))]
+pub struct ReleaseSpec {
+    /// Name of the application this release belongs to. Releases of one application are
+    /// ordered by creation time; a newer one supersedes older ones at the stages they have
+    /// not entered yet. Stage namespaces default to '<application>-<stage>'.
+    #[schemars(length(min = 1, max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",
+        "message": "application must be lower-case letters, digits, '-' or '.', starting and ending with a letter or digit"
+    }]))]
+    pub application: String,
+
+    /// Version being released, as a semantic version such as 2.4.0 or 3.0.0-rc.1.
+    #[schemars(length(max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^(0|[1-9][0-9]*)[.](0|[1-9][0-9]*)[.](0|[1-9][0-9]*)(-[0-9A-Za-z-]+([.][0-9A-Za-z-]+)*)?([+][0-9A-Za-z-]+([.][0-9A-Za-z-]+)*)?$')",
+        "message": "version must be a semantic version such as 2.4.0 or 3.0.0-rc.1 (MAJOR.MINOR.PATCH, no leading 'v')"
+    }]))]
+    pub version: String,
+
+    /// Kind of release: patch, minor or major. Major releases are coordinated with
+    /// clients (approval, release window, advance notice).
+    #[serde(rename = "type", default)]
+    pub release_type: ReleaseType,
+
+    /// The audited scope of the release: what is in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub changes: Vec<Change>,
+
+    /// Release notes in Markdown, shared with client teams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub notes: Option<String>,
+
+    /// Deployments this release changes. Each is expected under the same name in every
+    /// stage namespace; only the containers listed here change.
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "size(self) > 0", "message": "workloads must list at least one Deployment"},
+        {
+            "rule": "self.all(w, self.exists_one(x, x.deployment == w.deployment))",
+            "message": "each Deployment may appear only once in workloads",
+            "reason": "FieldValueDuplicate"
+        }
+    ]))]
+    pub workloads: Vec<Workload>,
+
+    /// The stages this release goes through, in order. When omitted: dev, qa, demo, prod
+    /// in namespaces '<application>-<stage>', each with a single step to 100%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub stages: Option<Vec<Stage>>,
+
+    /// Hold the release where it is: no new step starts while paused (gates keep being
+    /// evaluated, and a failure still rolls back). Set back to false to resume.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Kind of release.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseType {
+    /// Bug fixes only.
+    Patch,
+    /// Backwards-compatible changes; the usual several-times-a-week release.
+    #[default]
+    Minor,
+    /// Changes clients must prepare for.
+    Major,
+}
+
+/// One change included in the release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Change {
+    /// Identifier in the change tracker, such as PR-1234.
+    #[schemars(length(min = 1, max = 128))]
+    pub id: String,
+    /// One-line summary.
+    #[schemars(length(max = 512))]
+    pub title: String,
+    /// Link to the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+}
+
+/// A Deployment the release changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Workload {
+    /// Name of the Deployment, the same in every stage namespace.
+    #[schemars(length(max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",
+        "message": "deployment must be a Deployment name: lower-case letters, digits, '-' or '.'"
+    }]))]
+    pub deployment: String,
+    /// Containers whose image the release sets. Other containers are left as they are.
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "size(self) > 0", "message": "containers must list at least one container"},
+        {
+            "rule": "self.all(c, self.exists_one(d, d.name == c.name))",
+            "message": "each container may appear only once per workload",
+            "reason": "FieldValueDuplicate"
+        }
+    ]))]
+    pub containers: Vec<ContainerImage>,
+}
+
+/// The image a container runs in this release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ContainerImage {
+    /// Container name in the Deployment's pod template.
+    #[schemars(length(max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "container name must be lower-case letters, digits and '-'"
+    }]))]
+    pub name: String,
+    /// Image reference, such as registry.example.com/billing-api:2.4.0.
+    #[schemars(length(max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "size(self) > 0 && !self.matches('\\\\s')",
+        "message": "image must not be empty and must not contain whitespace"
+    }]))]
+    pub image: String,
+}
+
+/// One stage of the pipeline: a namespace and how the release rolls out there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// Stage name, such as dev, qa, demo or prod (lower-case letters, digits and '-').
+    #[schemars(length(max = 20))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "stage name must be 1-20 lower-case letters, digits and '-', starting and ending with a letter or digit"
+    }]))]
+    pub name: String,
+
+    /// Namespace of this stage. Default: '<application>-<stage name>'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "namespace must be a valid namespace name (lower-case letters, digits and '-')"
+    }]))]
+    pub namespace: Option<String>,
+
+    /// Rollout steps, run in order. A setWeight step runs that percentage of pods on the
+    /// new version (a canary next to the unchanged Deployment; 100 updates the Deployment
+    /// itself); a pause step waits for its duration, or until resumed when it has none.
+    /// Weights must strictly increase and the last one must be 100. Default: one step,
+    /// setWeight 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "cel.bind(w, self.filter(s, has(s.setWeight)).map(s, s.setWeight), w.all(x, w.exists_one(y, y == x)) && w.isSorted())",
+            "message": "setWeight values must strictly increase from one step to the next within a stage"
+        },
+        {
+            "rule": "cel.bind(w, self.filter(s, has(s.setWeight)).map(s, s.setWeight), size(w) > 0 && w[size(w) - 1] == 100)",
+            "message": "the last setWeight step of a stage must be 100, so that the stage ends on the new version"
+        }
+    ]))]
+    pub steps: Option<Vec<Step>>,
+
+    /// Checks evaluated at every step and during early life support, in addition to the
+    /// built-in workload-health gate that is always on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(g, self.exists_one(h, h.name == g.name))",
+        "message": "gate names must be unique within a stage",
+        "reason": "FieldValueDuplicate"
+    }]))]
+    pub gates: Vec<Gate>,
+
+    /// New pods must be ready within this time after a step starts, else the step fails
+    /// and the stage rolls back. Default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("progressDeadline")]))]
+    pub progress_deadline: Option<String>,
+
+    /// Monitoring after this stage reaches 100%: only used on the last stage, where the
+    /// release stays in EarlyLifeSupport for the duration with its gates still evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_life_support: Option<EarlyLifeSupport>,
+}
+
+/// One rollout step: exactly one of setWeight or pause.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.setWeight) != has(self.pause)",
+    "message": "a step is either setWeight or pause, not both and not neither"
+}]))]
+pub struct Step {
+    /// Percentage of the stage's pods that run the new version, 1 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self >= 1 && self <= 100",
+        "message": "setWeight must be between 1 and 100 (percent of pods on the new version)"
+    }]))]
+    pub set_weight: Option<i32>,
+    /// Wait before the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+}
+
+/// A pause between steps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Pause {
+    /// How long to wait, such as 10m. Without a duration the release waits until a person
+    /// resumes it (kubectl stagecoach resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("pause duration")]))]
+    pub duration: Option<String>,
+}
+
+/// Early life support: close monitoring after the release reaches production.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EarlyLifeSupport {
+    /// How long the release is watched after reaching 100% in the last stage. Default 48h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("earlyLifeSupport duration")]))]
+    pub duration: Option<String>,
+}
+
+/// A health check evaluated at every step. Exactly one provider (prometheus, http or job)
+/// is set. Each evaluation gives a verdict: Passing, Failing or Inconclusive; a gate that
+/// cannot be measured never counts as passing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.prometheus), has(self.http), has(self.job)].filter(x, x).size() == 1",
+    "message": "a gate sets exactly one of prometheus, http or job"
+}]))]
+pub struct Gate {
+    /// Name of the gate, shown in status and events.
+    #[schemars(length(max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self != 'workload-health'",
+        "message": "gate name must be lower-case letters, digits and '-', and not the built-in 'workload-health'"
+    }]))]
+    pub name: String,
+    /// Time between evaluations. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("interval")]))]
+    pub interval: Option<String>,
+    /// Passing evaluations needed before a step may complete. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: Option<i32>,
+    /// Failing evaluations tolerated; one more rolls the stage back. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub failure_limit: Option<i32>,
+    /// Query a Prometheus-compatible HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusGate>,
+    /// Call an HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGate>,
+    /// Run a Kubernetes Job (a test suite, a load test) in the stage namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobGate>,
+}
+
+/// A gate that evaluates a PromQL query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGate {
+    /// Base URL of the Prometheus HTTP API, such as http://prometheus.monitoring:9090.
+    #[schemars(length(min = 1, max = 2048))]
+    pub address: String,
+    /// PromQL query returning a single number; '{{namespace}}' and '{{stage}}' are
+    /// replaced before it runs.
+    #[schemars(length(min = 1, max = 8192))]
+    pub query: String,
+    /// The evaluation passes when the result compares true against threshold.
+    pub comparison: Comparison,
+    /// Number the result is compared with.
+    pub threshold: f64,
+}
+
+/// How a measured number is compared with a threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Comparison {
+    LessThan,
+    LessOrEqual,
+    GreaterThan,
+    GreaterOrEqual,
+}
+
+/// A gate that calls a URL and passes on the expected status code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGate {
+    /// URL to GET.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Status code that means healthy. Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 599))]
+    pub expected_status: Option<i32>,
+}
+
+/// A gate that runs a Job and passes when it succeeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobGate {
+    /// Container image of the Job.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+    /// Command to run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub command: Vec<String>,
+    /// Arguments to the command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub args: Vec<String>,
+    /// Longest time the Job may run; past it the evaluation fails. Default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("timeout")]))]
+    pub timeout: Option<String>,
+}
+
+/// Where the release is and what happened on its way; written only by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Overall phase of the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ReleasePhase>,
+    /// The stage the release is working on (or last worked on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_stage: Option<String>,
+    /// One entry per stage, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    /// Accepted, Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// What happened, oldest first; bounded, older entries are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// Phase of a release as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ReleasePhase {
+    Pending,
+    Progressing,
+    Paused,
+    AwaitingApproval,
+    WaitingForWindow,
+    EarlyLifeSupport,
+    Succeeded,
+    RolledBack,
+    Failed,
+    Superseded,
+}
+
+/// Phase of one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StagePhase {
+    Pending,
+    Progressing,
+    EarlyLifeSupport,
+    Succeeded,
+    RolledBack,
+    Failed,
+    Skipped,
+}
+
+/// Progress of the release in one stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// Namespace the stage runs in.
+    pub namespace: String,
+    /// Phase of this stage.
+    pub phase: StagePhase,
+    /// Index of the current step (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// Percentage of pods currently on the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+    /// When the stage started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the current step started; pause timers count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// When the stage finished (succeeded, rolled back or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What the stage ran before the release touched it; rollback restores exactly this.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stable_revisions: Vec<StableRevision>,
+    /// Latest verdict of each gate, workload-health first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
+    /// Why the stage is where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where the pre-release pod template of one Deployment is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StableRevision {
+    /// Deployment the revision belongs to.
+    pub deployment: String,
+    /// ControllerRevision (in the stage namespace) holding the complete pod template.
+    pub controller_revision: String,
+    /// Hash of the recorded pod template, to check it was restored byte for byte.
+    pub template_hash: String,
+}
+
+/// The latest result of one gate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// Gate name; the built-in gate is workload-health.
+    pub name: String,
+    /// Passing, Failing or Inconclusive.
+    pub verdict: GateVerdict,
+    /// What was measured.
+    #[serde(default)]
+    pub message: String,
+    /// Passing evaluations counted in the current step.
+    #[serde(default)]
+    pub successes: i32,
+    /// Failing evaluations counted in the current step.
+    #[serde(default)]
+    pub failures: i32,
+    /// When the gate was last evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_evaluated_at: Option<DateTime<Utc>>,
+}
+
+/// Outcome of one gate evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GateVerdict {
+    Passing,
+    Failing,
+    Inconclusive,
+}
+
+/// One thing that happened to the release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Stage it happened in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// What happened, in CamelCase: StageStarted, StepStarted, GateFailed, RolledBack...
+    pub reason: String,
+    /// Details for people.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A stage with its defaults filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedStage {
+    pub name: String,
+    /// `None` when neither the manifest nor the default gives a valid namespace.
+    pub namespace: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+impl ReleaseSpec {
+    /// The stages in order, with namespaces and steps defaulted.
+    pub fn resolved_stages(&self) -> Vec<ResolvedStage> {
+        let default_steps = || {
+            vec![Step {
+                set_weight: Some(100),
+                pause: None,
+            }]
+        };
+        match &self.stages {
+            Some(stages) => stages
+                .iter()
+                .map(|s| ResolvedStage {
+                    name: s.name.clone(),
+                    namespace: s
+                        .namespace
+                        .clone()
+                        .or_else(|| default_stage_namespace(&self.application, &s.name)),
+                    steps: s.steps.clone().unwrap_or_else(default_steps),
+                })
+                .collect(),
+            None => DEFAULT_STAGES
+                .iter()
+                .map(|name| ResolvedStage {
+                    name: (*name).to_owned(),
+                    namespace: default_stage_namespace(&self.application, name),
+                    steps: default_steps(),
+                })
+                .collect(),
+        }
+    }
+}
