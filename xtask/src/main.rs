@@ -1,6 +1,8 @@
 //! Project automation for Stagecoach. `cargo xtask --help` lists the commands.
 
+mod cluster;
 mod crdgen;
+mod test;
 
 use std::path::PathBuf;
 
@@ -18,9 +20,34 @@ struct Cli {
 enum Command {
     /// Write crds/ and the chart's CRDs from the Rust types (--check: fail on drift).
     Gen {
+        /// Do not write; fail if the committed files differ from the generated ones.
         #[arg(long)]
         check: bool,
     },
+    /// Every check: fmt, clippy, gen --check, unit tests, then the end-to-end tests on a
+    /// fresh local control plane (built on first use, started and stopped here).
+    Test {
+        /// Stop after the unit tests.
+        #[arg(long)]
+        skip_e2e: bool,
+    },
+    /// The local test control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Build the binaries if needed, start everything and print the KUBECONFIG to use.
+    Up,
+    /// Stop everything `up` started, and nothing else.
+    Down,
+    /// Say whether the control plane is running, and where its kubeconfig and logs are.
+    Status,
+    /// Only build (or find in the cache) the control-plane binaries.
+    Build,
 }
 
 /// The workspace root (the parent of this crate's directory).
@@ -34,5 +61,27 @@ pub fn workspace_root() -> PathBuf {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen { check } => crdgen::run(check),
+        Command::Test { skip_e2e } => test::run_all(skip_e2e),
+        Command::Cluster { action } => {
+            let cluster = cluster::Cluster::named("dev");
+            match action {
+                ClusterAction::Up => cluster.up(),
+                ClusterAction::Down => cluster.down(),
+                ClusterAction::Status => {
+                    if cluster.is_running() {
+                        println!("running\n  export KUBECONFIG={}", cluster.kubeconfig().display());
+                    } else {
+                        println!("not running");
+                    }
+                    cluster.print_logs_hint();
+                    Ok(())
+                }
+                ClusterAction::Build => {
+                    let dir = cluster::build::ensure_binaries(true)?;
+                    println!("control-plane binaries in {}", dir.display());
+                    Ok(())
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 pub mod condition;
 pub mod duration;
 pub mod names;
+pub mod policy;
 pub mod release;
 pub mod toggle;
 

@@ -34,8 +34,7 @@ use crate::names::{DEFAULT_STAGES, default_stage_namespace};
     {
         "rule": "!has(self.stages) || self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
         "message": "stage names must be unique within a release",
-        "fieldPath": ".stages",
-        "reason": "FieldValueDuplicate"
+        "fieldPath": ".stages"
     },
     {
         "rule": "!has(self.stages) || self.stages.all(s, has(s.namespace) || ((self.application + '-' + s.name).size() <= 63 && (self.application + '-' + s.name).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')))",
@@ -89,8 +88,7 @@ pub struct ReleaseSpec {
         {"rule": "size(self) > 0", "message": "workloads must list at least one Deployment"},
         {
             "rule": "self.all(w, self.exists_one(x, x.deployment == w.deployment))",
-            "message": "each Deployment may appear only once in workloads",
-            "reason": "FieldValueDuplicate"
+            "message": "each Deployment may appear only once in workloads"
         }
     ]))]
     pub workloads: Vec<Workload>,
@@ -156,8 +154,7 @@ pub struct Workload {
         {"rule": "size(self) > 0", "message": "containers must list at least one container"},
         {
             "rule": "self.all(c, self.exists_one(d, d.name == c.name))",
-            "message": "each container may appear only once per workload",
-            "reason": "FieldValueDuplicate"
+            "message": "each container may appear only once per workload"
         }
     ]))]
     pub containers: Vec<ContainerImage>,
@@ -212,11 +209,11 @@ pub struct Stage {
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-validations" = [
         {
-            "rule": "cel.bind(w, self.filter(s, has(s.setWeight)).map(s, s.setWeight), w.all(x, w.exists_one(y, y == x)) && w.isSorted())",
+            "rule": "self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && self.filter(s, has(s.setWeight)).all(a, self.filter(t, has(t.setWeight) && t.setWeight == a.setWeight).size() == 1)",
             "message": "setWeight values must strictly increase from one step to the next within a stage"
         },
         {
-            "rule": "cel.bind(w, self.filter(s, has(s.setWeight)).map(s, s.setWeight), size(w) > 0 && w[size(w) - 1] == 100)",
+            "rule": "self.exists(s, has(s.setWeight) && s.setWeight == 100)",
             "message": "the last setWeight step of a stage must be 100, so that the stage ends on the new version"
         }
     ]))]
@@ -228,8 +225,7 @@ pub struct Stage {
     #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "self.all(g, self.exists_one(h, h.name == g.name))",
-        "message": "gate names must be unique within a stage",
-        "reason": "FieldValueDuplicate"
+        "message": "gate names must be unique within a stage"
     }]))]
     pub gates: Vec<Gate>,
 

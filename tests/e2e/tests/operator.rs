@@ -1,0 +1,203 @@
+//! The real `stagecoach` binary against the real API server: it becomes ready once its
+//! caches have synced, sets Accepted on new objects within seconds, explains semantic
+//! errors in a condition, writes nothing when nothing changed, and stops on SIGTERM.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use stagecoach_e2e::{TestNamespace, client, eventually, install_crds, repo_root};
+use tokio::process::{Child, Command};
+
+/// The operator binary: STAGECOACH_BIN, or the workspace's debug build.
+fn operator_binary() -> PathBuf {
+    std::env::var_os("STAGECOACH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/stagecoach"))
+}
+
+struct Operator {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    async fn start(name: &str) -> Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let admin = format!("http://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("stagecoach-e2e-{name}-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let binary = operator_binary();
+        if !binary.exists() {
+            bail!("{} does not exist: build it with `cargo build -p stagecoach-operator`", binary.display());
+        }
+        let child = Command::new(&binary)
+            .args(["run", "--admin-addr", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        println!("operator log: {}", log.display());
+        Ok(Self { child, admin, log })
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let response = reqwest::get(format!("{}{path}", self.admin)).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// The value of one sample of a counter, summed over label sets that contain `labels`.
+    async fn metric(&self, name: &str, labels: &str) -> Result<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    async fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().context("operator already exited")?;
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .context("operator did not stop within 15s of SIGTERM")??;
+        if !exit.success() {
+            bail!("operator exited with {exit} after SIGTERM; log:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+}
+
+fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("stagecoach.dev", "v1alpha1", kind));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn condition(obj: &DynamicObject, type_: &str) -> Option<Value> {
+    obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+async fn apply(api: &Api<DynamicObject>, doc: Value) -> Result<()> {
+    let name = doc["metadata"]["name"].as_str().context("name")?.to_owned();
+    let obj: DynamicObject = serde_json::from_value(doc)?;
+    api.patch(&name, &PatchParams::apply("stagecoach-e2e").force(), &Patch::Apply(&obj)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn operator_accepts_releases_and_toggles_and_is_quiet_when_nothing_changes() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "operator").await?;
+    let operator = Operator::start("accept").await?;
+
+    // /livez answers at once; /readyz only once the caches have synced.
+    eventually(Duration::from_secs(30), || async {
+        Ok(operator.get("/livez").await.ok().filter(|(s, _)| *s == 200).map(|_| ()))
+    })
+    .await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(operator.get("/readyz").await.ok().filter(|(s, _)| *s == 200).map(|_| ()))
+    })
+    .await
+    .with_context(|| format!("operator never became ready; log:\n{}", operator.log_text()))?;
+
+    let releases = api(&client, &ns.name, "Release");
+    apply(
+        &releases,
+        json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": "billing-2.4.0"},
+            "spec": {
+                "application": "billing", "version": "2.4.0",
+                "workloads": [{"deployment": "billing-api", "containers": [{"name": "api", "image": "example/billing:2.4.0"}]}]
+            }
+        }),
+    )
+    .await?;
+    let started = tokio::time::Instant::now();
+    let accepted = eventually(Duration::from_secs(10), || async {
+        let r = releases.get("billing-2.4.0").await?;
+        Ok(condition(&r, "Accepted").filter(|c| c["status"] == "True").map(|c| (c, r)))
+    })
+    .await
+    .with_context(|| format!("Accepted never set; operator log:\n{}", operator.log_text()))?;
+    println!("Accepted=True after {:?}", started.elapsed());
+    assert_eq!(accepted.0["reason"], "Valid");
+    assert_eq!(accepted.1.data["status"]["observedGeneration"], json!(1));
+
+    // Semantic errors the schema cannot express become Accepted=False with a reason.
+    apply(
+        &releases,
+        json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": "billing-2.5.0"},
+            "spec": {
+                "application": "billing", "version": "2.5.0",
+                "workloads": [{"deployment": "billing-api", "containers": [{"name": "api", "image": "example/billing:2.5.0"}]}],
+                "stages": [{"name": "dev", "namespace": "shared"}, {"name": "qa", "namespace": "shared"}]
+            }
+        }),
+    )
+    .await?;
+    let rejected = eventually(Duration::from_secs(10), || async {
+        let r = releases.get("billing-2.5.0").await?;
+        Ok(condition(&r, "Accepted").filter(|c| c["status"] == "False"))
+    })
+    .await?;
+    assert_eq!(rejected["reason"], "DuplicateNamespace", "{rejected}");
+    assert!(rejected["message"].as_str().unwrap_or_default().contains("shared"), "{rejected}");
+
+    let toggles = api(&client, &ns.name, "FeatureToggle");
+    apply(
+        &toggles,
+        json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "FeatureToggle",
+            "metadata": {"name": "new-invoice-ui"},
+            "spec": {"application": "billing", "variants": {"on": true, "off": false}, "defaultVariant": "off"}
+        }),
+    )
+    .await?;
+    eventually(Duration::from_secs(10), || async {
+        let t = toggles.get("new-invoice-ui").await?;
+        Ok(condition(&t, "Accepted").filter(|c| c["status"] == "True").map(|_| ()))
+    })
+    .await?;
+
+    // Once everything is accepted, the operator writes nothing more: not on its own,
+    // and not after an unrelated change (a label) that does not change the spec.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_before = operator.metric("stagecoach_status_writes_total", "").await?;
+    assert!(writes_before >= 3.0, "expected at least three status writes so far, saw {writes_before}");
+    releases
+        .patch("billing-2.4.0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reconciles = operator.metric("stagecoach_reconciles_total", "").await?;
+    let writes_after = operator.metric("stagecoach_status_writes_total", "").await?;
+    assert!(reconciles >= 4.0, "the operator reconciled ({reconciles} reconciles)");
+    assert_eq!(writes_before, writes_after, "no status write when nothing changed");
+
+    operator.stop().await?;
+    ns.delete().await
+}
