@@ -2,6 +2,7 @@
 
 mod cluster;
 mod crdgen;
+mod demo;
 mod test;
 
 use std::path::PathBuf;
@@ -30,6 +31,13 @@ enum Command {
         /// Stop after the unit tests.
         #[arg(long)]
         skip_e2e: bool,
+    },
+    /// The demo: the local control plane (or the cluster in KUBECONFIG), the CRDs, the
+    /// operator, examples/ applied and their status shown.
+    Demo {
+        /// Keep the operator running at the end until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// The local test control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).
     Cluster {
@@ -62,6 +70,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen { check } => crdgen::run(check),
         Command::Test { skip_e2e } => test::run_all(skip_e2e),
+        Command::Demo { keep_running } => demo::run(keep_running),
         Command::Cluster { action } => {
             let cluster = cluster::Cluster::named("dev");
             match action {
