@@ -160,7 +160,10 @@ pub fn run(keep_running: bool) -> Result<()> {
     println!("\n$ kubectl get releases,featuretoggles -n billing");
     print!(
         "{}",
-        kubectl(&kubeconfig, &["get", "releases,featuretoggles", "-n", "billing"])?
+        kubectl(
+            &kubeconfig,
+            &["get", "releases,featuretoggles", "-n", "billing"]
+        )?
     );
     println!("\nconditions set by the operator:");
     print!(

@@ -78,7 +78,10 @@ fn main() -> Result<()> {
                 ClusterAction::Down => cluster.down(),
                 ClusterAction::Status => {
                     if cluster.is_running() {
-                        println!("running\n  export KUBECONFIG={}", cluster.kubeconfig().display());
+                        println!(
+                            "running\n  export KUBECONFIG={}",
+                            cluster.kubeconfig().display()
+                        );
                     } else {
                         println!("not running");
                     }

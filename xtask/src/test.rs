@@ -30,10 +30,20 @@ fn run(step: &str, mut cmd: Command) -> Result<()> {
 
 pub fn run_all(skip_e2e: bool) -> Result<()> {
     let started = Instant::now();
-    run("cargo fmt --check", cargo(&["fmt", "--all", "--", "--check"]))?;
+    run(
+        "cargo fmt --check",
+        cargo(&["fmt", "--all", "--", "--check"]),
+    )?;
     run(
         "cargo clippy (warnings are errors)",
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     eprintln!("\n==> cargo xtask gen --check");
     crdgen::run(true)?;
@@ -47,7 +57,13 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
     }
     run(
         "build the operator and the kubectl plugin",
-        cargo(&["build", "-p", "stagecoach-operator", "-p", "kubectl-stagecoach"]),
+        cargo(&[
+            "build",
+            "-p",
+            "stagecoach-operator",
+            "-p",
+            "kubectl-stagecoach",
+        ]),
     )?;
     run(
         "build the end-to-end tests",

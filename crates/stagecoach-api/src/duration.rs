@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_forms() {
-        for bad in ["", "10", "m", "-5m", "10 m", "10d", "1..5s", ".5s", "5.s", "abc"] {
+        for bad in [
+            "", "10", "m", "-5m", "10 m", "10d", "1..5s", ".5s", "5.s", "abc",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(parse_duration("0s"), Err(DurationError::Zero));

@@ -30,7 +30,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const FIELD_MANAGER: &str = "stagecoach";
 
 /// All custom resource definitions, in the order they are written to `crds/`.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![Release::crd(), FeatureToggle::crd()]

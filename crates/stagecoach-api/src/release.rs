@@ -103,6 +103,13 @@ pub struct ReleaseSpec {
     /// evaluated, and a failure still rolls back). Set back to false to resume.
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
+
+    /// Abort the release: the stage in progress is rolled back to its stable revision and
+    /// no further stage is entered. Stages that already succeeded keep the new version.
+    /// Declarative, so it can be set from a pull request; it cannot be undone (apply a new
+    /// Release instead).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub abort: bool,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -407,6 +414,69 @@ pub struct ReleaseStatus {
     /// What happened, oldest first; bounded, older entries are dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineEntry>,
+    /// Every rollback of this release, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollbacks: Vec<RollbackRecord>,
+    /// When the operator first worked on the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the release reached a final phase (Succeeded, RolledBack, Failed, Superseded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The release closure record, written when the release ends: what shipped, how long
+    /// each stage took, the gate results and rollbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closing_record: Option<ClosingRecord>,
+}
+
+/// One rollback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    /// When the stable revision was restored.
+    pub at: DateTime<Utc>,
+    /// Stage that was rolled back.
+    pub stage: String,
+    /// Why, in CamelCase: GateFailed, ProgressDeadlineExceeded, EarlyLifeSupportFailed, Aborted.
+    pub reason: String,
+    /// Details for people.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The closing record of a release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClosingRecord {
+    /// Final phase.
+    pub outcome: ReleasePhase,
+    /// When the release ended.
+    pub completed_at: DateTime<Utc>,
+    /// Seconds from the Release's creation until its last stage reached 100%, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_seconds: Option<i64>,
+    /// The changes that shipped (copied from spec.changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Change>,
+    /// How long each stage took, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageRecord>,
+}
+
+/// How one stage went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRecord {
+    /// Stage name.
+    pub name: String,
+    /// Final phase of the stage.
+    pub phase: StagePhase,
+    /// Seconds from start to finish, if it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
+    /// Last verdict of each gate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
 }
 
 /// Phase of a release as a whole.

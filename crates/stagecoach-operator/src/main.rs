@@ -1,1 +1,50 @@
-fn main() {}
+//! `stagecoach`: the Stagecoach operator binary.
+
+mod admin;
+mod cli;
+mod context;
+mod controller;
+mod error;
+mod logging;
+mod metrics;
+mod operator;
+mod retry;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, RunArgs};
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Version => {
+            println!("stagecoach {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    if let Err(error) = logging::init(args.log_format) {
+        eprintln!("stagecoach: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(operator::run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "stagecoach stopped with an error"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

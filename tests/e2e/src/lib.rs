@@ -11,16 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, ResourceExt};
 
 /// Label on every namespace a test creates.
 pub const E2E_LABEL: &str = "stagecoach.dev/e2e";
 
 /// Message used by `#[ignore]` on every end-to-end test.
-pub const HOW_TO_RUN: &str =
-    "needs the test control plane: run `cargo xtask test` (or `cargo xtask cluster up` and `cargo test -p stagecoach-e2e -- --ignored` with its KUBECONFIG)";
+pub const HOW_TO_RUN: &str = "needs the test control plane: run `cargo xtask test` (or `cargo xtask cluster up` and `cargo test -p stagecoach-e2e -- --ignored` with its KUBECONFIG)";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -36,12 +35,15 @@ pub async fn client() -> Result<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
         bail!("KUBECONFIG is not set; {HOW_TO_RUN}");
     }
-    Client::try_default().await.context("connecting to the cluster in KUBECONFIG")
+    Client::try_default()
+        .await
+        .context("connecting to the cluster in KUBECONFIG")
 }
 
 /// Parses every YAML document in a file into JSON objects.
 pub fn read_manifests(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
@@ -77,7 +79,11 @@ pub async fn install_crds(client: &Client) -> Result<()> {
             let dynamic: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let obj: DynamicObject = serde_json::from_value(doc)?;
             dynamic
-                .patch(&name, &PatchParams::apply("stagecoach-e2e").force(), &Patch::Apply(&obj))
+                .patch(
+                    &name,
+                    &PatchParams::apply("stagecoach-e2e").force(),
+                    &Patch::Apply(&obj),
+                )
                 .await
                 .with_context(|| format!("applying {kind} {name} from {}", path.display()))?;
             if kind == "CustomResourceDefinition" {
@@ -109,7 +115,11 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 /// Admission policies take effect a moment after they are created: wait until a toggle
 /// that only the policy rejects is rejected.
 async fn wait_for_admission_policy(client: &Client) -> Result<()> {
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("stagecoach.dev", "v1alpha1", "FeatureToggle"));
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "stagecoach.dev",
+        "v1alpha1",
+        "FeatureToggle",
+    ));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
     let probe: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "stagecoach.dev/v1alpha1",
@@ -117,14 +127,19 @@ async fn wait_for_admission_policy(client: &Client) -> Result<()> {
         "metadata": {"name": "policy-probe"},
         "spec": {"application": "probe", "variants": {"a": true}, "defaultVariant": "b"}
     }))?;
-    let params = PostParams { dry_run: true, ..PostParams::default() };
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
     eventually(Duration::from_secs(30), || {
         let api = api.clone();
         let probe = probe.clone();
         let params = params.clone();
         async move {
             match api.create(&params, &probe).await {
-                Err(kube::Error::Api(e)) if e.message.contains("defaultVariant must be one of") => Ok(Some(())),
+                Err(kube::Error::Api(e)) if e.message.contains("defaultVariant must be one of") => {
+                    Ok(Some(()))
+                }
                 _ => Ok(None),
             }
         }
@@ -181,8 +196,11 @@ impl TestNamespace {
 pub async fn delete_test_namespaces(client: &Client) -> Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let selector = format!("{E2E_LABEL}=true");
-    api.delete_collection(&DeleteParams::background(), &ListParams::default().labels(&selector))
-        .await?;
+    api.delete_collection(
+        &DeleteParams::background(),
+        &ListParams::default().labels(&selector),
+    )
+    .await?;
     Ok(())
 }
 

@@ -1,6 +1,12 @@
 //! The CRDs install on the real API server, every example is accepted, and every kind
 //! of bad input is rejected at admission with a message a user understands.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::semicolon_if_nothing_returned
+)] // test tables
+
 use anyhow::{Context, Result, bail};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -60,10 +66,13 @@ async fn create(client: &Client, doc: &Value, ns: &str) -> Result<(), String> {
         dry_run: true,
         ..PostParams::default()
     };
-    api.create(&params, &obj).await.map(|_| ()).map_err(|e| match e {
-        kube::Error::Api(status) => status.message,
-        other => other.to_string(),
-    })
+    api.create(&params, &obj)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        })
 }
 
 #[tokio::test]
@@ -107,7 +116,10 @@ async fn every_example_is_accepted() -> Result<()> {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "expected the examples to hold several objects, found {checked}");
+    assert!(
+        checked >= 5,
+        "expected the examples to hold several objects, found {checked}"
+    );
     ns.delete().await
 }
 
@@ -120,9 +132,21 @@ struct Case {
 
 fn release_cases() -> Vec<Case> {
     vec![
-        Case { what: "version not semver", mutate: |r| r["spec"]["version"] = json!("2.4"), expect: "version must be a semantic version" },
-        Case { what: "version with leading v", mutate: |r| r["spec"]["version"] = json!("v2.4.0"), expect: "version must be a semantic version" },
-        Case { what: "duplicate stage names", mutate: |r| r["spec"]["stages"][1]["name"] = json!("dev"), expect: "stage names must be unique" },
+        Case {
+            what: "version not semver",
+            mutate: |r| r["spec"]["version"] = json!("2.4"),
+            expect: "version must be a semantic version",
+        },
+        Case {
+            what: "version with leading v",
+            mutate: |r| r["spec"]["version"] = json!("v2.4.0"),
+            expect: "version must be a semantic version",
+        },
+        Case {
+            what: "duplicate stage names",
+            mutate: |r| r["spec"]["stages"][1]["name"] = json!("dev"),
+            expect: "stage names must be unique",
+        },
         Case {
             what: "stage without a derivable namespace",
             mutate: |r| r["spec"]["application"] = json!("billing.eu"),
@@ -136,29 +160,52 @@ fn release_cases() -> Vec<Case> {
             },
             expect: "the default stages use namespaces",
         },
-        Case { what: "setWeight 0", mutate: |r| r["spec"]["stages"][1]["steps"][0] = json!({"setWeight": 0}), expect: "setWeight must be between 1 and 100" },
-        Case { what: "setWeight 101", mutate: |r| r["spec"]["stages"][1]["steps"][2] = json!({"setWeight": 101}), expect: "setWeight must be between 1 and 100" },
+        Case {
+            what: "setWeight 0",
+            mutate: |r| r["spec"]["stages"][1]["steps"][0] = json!({"setWeight": 0}),
+            expect: "setWeight must be between 1 and 100",
+        },
+        Case {
+            what: "setWeight 101",
+            mutate: |r| r["spec"]["stages"][1]["steps"][2] = json!({"setWeight": 101}),
+            expect: "setWeight must be between 1 and 100",
+        },
         Case {
             what: "weights not increasing",
-            mutate: |r| r["spec"]["stages"][1]["steps"] = json!([{"setWeight": 50}, {"setWeight": 10}, {"setWeight": 100}]),
+            mutate: |r| {
+                r["spec"]["stages"][1]["steps"] =
+                    json!([{"setWeight": 50}, {"setWeight": 10}, {"setWeight": 100}])
+            },
             expect: "setWeight values must strictly increase",
         },
         Case {
             what: "weights repeated",
-            mutate: |r| r["spec"]["stages"][1]["steps"] = json!([{"setWeight": 50}, {"setWeight": 50}, {"setWeight": 100}]),
+            mutate: |r| {
+                r["spec"]["stages"][1]["steps"] =
+                    json!([{"setWeight": 50}, {"setWeight": 50}, {"setWeight": 100}])
+            },
             expect: "setWeight values must strictly increase",
         },
         Case {
             what: "last weight below 100",
-            mutate: |r| r["spec"]["stages"][1]["steps"] = json!([{"setWeight": 10}, {"setWeight": 50}]),
+            mutate: |r| {
+                r["spec"]["stages"][1]["steps"] = json!([{"setWeight": 10}, {"setWeight": 50}])
+            },
             expect: "the last setWeight step of a stage must be 100",
         },
         Case {
             what: "step both weight and pause",
-            mutate: |r| r["spec"]["stages"][1]["steps"][0] = json!({"setWeight": 10, "pause": {"duration": "1m"}}),
+            mutate: |r| {
+                r["spec"]["stages"][1]["steps"][0] =
+                    json!({"setWeight": 10, "pause": {"duration": "1m"}})
+            },
             expect: "a step is either setWeight or pause",
         },
-        Case { what: "empty step", mutate: |r| r["spec"]["stages"][1]["steps"][0] = json!({}), expect: "a step is either setWeight or pause" },
+        Case {
+            what: "empty step",
+            mutate: |r| r["spec"]["stages"][1]["steps"][0] = json!({}),
+            expect: "a step is either setWeight or pause",
+        },
         Case {
             what: "zero pause",
             mutate: |r| r["spec"]["stages"][1]["steps"][1] = json!({"pause": {"duration": "0s"}}),
@@ -179,7 +226,11 @@ fn release_cases() -> Vec<Case> {
             mutate: |r| r["spec"]["stages"][1]["earlyLifeSupport"] = json!({"duration": "2d"}),
             expect: "earlyLifeSupport duration must be a positive duration",
         },
-        Case { what: "empty workloads", mutate: |r| r["spec"]["workloads"] = json!([]), expect: "workloads must list at least one Deployment" },
+        Case {
+            what: "empty workloads",
+            mutate: |r| r["spec"]["workloads"] = json!([]),
+            expect: "workloads must list at least one Deployment",
+        },
         Case {
             what: "duplicate deployments",
             mutate: |r| {
@@ -192,24 +243,43 @@ fn release_cases() -> Vec<Case> {
             what: "duplicate containers",
             mutate: |r| {
                 let c = r["spec"]["workloads"][0]["containers"][0].clone();
-                r["spec"]["workloads"][0]["containers"].as_array_mut().unwrap().push(c);
+                r["spec"]["workloads"][0]["containers"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(c);
             },
             expect: "each container may appear only once",
         },
-        Case { what: "empty containers", mutate: |r| r["spec"]["workloads"][0]["containers"] = json!([]), expect: "containers must list at least one container" },
+        Case {
+            what: "empty containers",
+            mutate: |r| r["spec"]["workloads"][0]["containers"] = json!([]),
+            expect: "containers must list at least one container",
+        },
         Case {
             what: "empty image",
             mutate: |r| r["spec"]["workloads"][0]["containers"][0]["image"] = json!(""),
             expect: "image must not be empty",
         },
-        Case { what: "unknown type", mutate: |r| r["spec"]["type"] = json!("hotfix"), expect: "supported values: \"patch\", \"minor\", \"major\"" },
-        Case { what: "bad stage name", mutate: |r| r["spec"]["stages"][0]["name"] = json!("Dev"), expect: "stage name must be 1-20 lower-case letters" },
+        Case {
+            what: "unknown type",
+            mutate: |r| r["spec"]["type"] = json!("hotfix"),
+            expect: "supported values: \"patch\", \"minor\", \"major\"",
+        },
+        Case {
+            what: "bad stage name",
+            mutate: |r| r["spec"]["stages"][0]["name"] = json!("Dev"),
+            expect: "stage name must be 1-20 lower-case letters",
+        },
     ]
 }
 
 fn toggle_cases() -> Vec<Case> {
     vec![
-        Case { what: "defaultVariant not a variant", mutate: |t| t["spec"]["defaultVariant"] = json!("maybe"), expect: "defaultVariant must be one of the keys of variants" },
+        Case {
+            what: "defaultVariant not a variant",
+            mutate: |t| t["spec"]["defaultVariant"] = json!("maybe"),
+            expect: "defaultVariant must be one of the keys of variants",
+        },
         Case {
             what: "mixed variant types",
             mutate: |t| t["spec"]["variants"] = json!({"on": true, "off": "no"}),
@@ -217,12 +287,16 @@ fn toggle_cases() -> Vec<Case> {
         },
         Case {
             what: "split not summing to 100",
-            mutate: |t| t["spec"]["stages"]["demo"]["rules"][1] = json!({"split": {"on": 20, "off": 70}}),
+            mutate: |t| {
+                t["spec"]["stages"]["demo"]["rules"][1] = json!({"split": {"on": 20, "off": 70}})
+            },
             expect: "split percentages must each be between 0 and 100 and sum to 100",
         },
         Case {
             what: "split naming an unknown variant",
-            mutate: |t| t["spec"]["stages"]["demo"]["rules"][1] = json!({"split": {"on": 20, "maybe": 80}}),
+            mutate: |t| {
+                t["spec"]["stages"]["demo"]["rules"][1] = json!({"split": {"on": 20, "maybe": 80}})
+            },
             expect: "every variant named in a split must be one of the keys of variants",
         },
         Case {
@@ -238,30 +312,49 @@ fn toggle_cases() -> Vec<Case> {
         Case {
             what: "clients without a variant",
             mutate: |t| {
-                t["spec"]["stages"]["demo"]["rules"][0].as_object_mut().unwrap().remove("variant");
+                t["spec"]["stages"]["demo"]["rules"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("variant");
             },
             expect: "a clients rule needs the variant",
         },
-        Case { what: "unknown state", mutate: |t| t["spec"]["stages"]["demo"]["state"] = json!("On"), expect: "supported values: \"Enabled\", \"Disabled\"" },
+        Case {
+            what: "unknown state",
+            mutate: |t| t["spec"]["stages"]["demo"]["state"] = json!("On"),
+            expect: "supported values: \"Enabled\", \"Disabled\"",
+        },
     ]
 }
 
 async fn check_cases(client: &Client, ns: &str, base: &Value, cases: Vec<Case>) -> Result<()> {
-    create(client, base, ns).await.map_err(|m| anyhow::anyhow!("the valid base object was rejected: {m}"))?;
+    create(client, base, ns)
+        .await
+        .map_err(|m| anyhow::anyhow!("the valid base object was rejected: {m}"))?;
     let mut failures = Vec::new();
     for case in cases {
         let mut doc = base.clone();
         (case.mutate)(&mut doc);
         match create(client, &doc, ns).await {
-            Ok(()) => failures.push(format!("{}: accepted, expected rejection with {:?}", case.what, case.expect)),
+            Ok(()) => failures.push(format!(
+                "{}: accepted, expected rejection with {:?}",
+                case.what, case.expect
+            )),
             Err(message) if message.contains(case.expect) => {
                 println!("rejected as expected: {}: {message}", case.what);
             }
-            Err(message) => failures.push(format!("{}: rejected with {message:?}, expected it to contain {:?}", case.what, case.expect)),
+            Err(message) => failures.push(format!(
+                "{}: rejected with {message:?}, expected it to contain {:?}",
+                case.what, case.expect
+            )),
         }
     }
     if !failures.is_empty() {
-        bail!("{} admission case(s) failed:\n  {}", failures.len(), failures.join("\n  "));
+        bail!(
+            "{} admission case(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
     }
     Ok(())
 }

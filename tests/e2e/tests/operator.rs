@@ -2,6 +2,12 @@
 //! caches have synced, sets Accepted on new objects within seconds, explains semantic
 //! errors in a condition, writes nothing when nothing changed, and stops on SIGTERM.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::semicolon_if_nothing_returned
+)] // test tables
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -16,9 +22,10 @@ use tokio::process::{Child, Command};
 
 /// The operator binary: STAGECOACH_BIN, or the workspace's debug build.
 fn operator_binary() -> PathBuf {
-    std::env::var_os("STAGECOACH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug/stagecoach"))
+    std::env::var_os("STAGECOACH_BIN").map_or_else(
+        || repo_root().join("target/debug/stagecoach"),
+        PathBuf::from,
+    )
 }
 
 struct Operator {
@@ -28,17 +35,26 @@ struct Operator {
 }
 
 impl Operator {
-    async fn start(name: &str) -> Result<Self> {
+    fn start(name: &str) -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let admin = format!("http://127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("stagecoach-e2e-{name}-{port}.log"));
         let file = std::fs::File::create(&log)?;
         let binary = operator_binary();
         if !binary.exists() {
-            bail!("{} does not exist: build it with `cargo build -p stagecoach-operator`", binary.display());
+            bail!(
+                "{} does not exist: build it with `cargo build -p stagecoach-operator`",
+                binary.display()
+            );
         }
         let child = Command::new(&binary)
-            .args(["run", "--admin-addr", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+            .args([
+                "run",
+                "--admin-addr",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+            ])
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .kill_on_drop(true)
@@ -59,7 +75,9 @@ impl Operator {
         let (_, body) = self.get("/metrics").await?;
         Ok(body
             .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
     }
@@ -71,13 +89,18 @@ impl Operator {
     /// SIGTERM, then wait for a clean exit.
     async fn stop(mut self) -> Result<()> {
         let pid = self.child.id().context("operator already exited")?;
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
         assert!(status.success());
         let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .context("operator did not stop within 15s of SIGTERM")??;
         if !exit.success() {
-            bail!("operator exited with {exit} after SIGTERM; log:\n{}", self.log_text());
+            bail!(
+                "operator exited with {exit} after SIGTERM; log:\n{}",
+                self.log_text()
+            );
         }
         Ok(())
     }
@@ -99,7 +122,12 @@ fn condition(obj: &DynamicObject, type_: &str) -> Option<Value> {
 async fn apply(api: &Api<DynamicObject>, doc: Value) -> Result<()> {
     let name = doc["metadata"]["name"].as_str().context("name")?.to_owned();
     let obj: DynamicObject = serde_json::from_value(doc)?;
-    api.patch(&name, &PatchParams::apply("stagecoach-e2e").force(), &Patch::Apply(&obj)).await?;
+    api.patch(
+        &name,
+        &PatchParams::apply("stagecoach-e2e").force(),
+        &Patch::Apply(&obj),
+    )
+    .await?;
     Ok(())
 }
 
@@ -109,15 +137,25 @@ async fn operator_accepts_releases_and_toggles_and_is_quiet_when_nothing_changes
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "operator").await?;
-    let operator = Operator::start("accept").await?;
+    let operator = Operator::start("accept")?;
 
     // /livez answers at once; /readyz only once the caches have synced.
     eventually(Duration::from_secs(30), || async {
-        Ok(operator.get("/livez").await.ok().filter(|(s, _)| *s == 200).map(|_| ()))
+        Ok(operator
+            .get("/livez")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ()))
     })
     .await?;
     eventually(Duration::from_secs(30), || async {
-        Ok(operator.get("/readyz").await.ok().filter(|(s, _)| *s == 200).map(|_| ()))
+        Ok(operator
+            .get("/readyz")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ()))
     })
     .await
     .with_context(|| format!("operator never became ready; log:\n{}", operator.log_text()))?;
@@ -138,7 +176,9 @@ async fn operator_accepts_releases_and_toggles_and_is_quiet_when_nothing_changes
     let started = tokio::time::Instant::now();
     let accepted = eventually(Duration::from_secs(10), || async {
         let r = releases.get("billing-2.4.0").await?;
-        Ok(condition(&r, "Accepted").filter(|c| c["status"] == "True").map(|c| (c, r)))
+        Ok(condition(&r, "Accepted")
+            .filter(|c| c["status"] == "True")
+            .map(|c| (c, r)))
     })
     .await
     .with_context(|| format!("Accepted never set; operator log:\n{}", operator.log_text()))?;
@@ -166,7 +206,13 @@ async fn operator_accepts_releases_and_toggles_and_is_quiet_when_nothing_changes
     })
     .await?;
     assert_eq!(rejected["reason"], "DuplicateNamespace", "{rejected}");
-    assert!(rejected["message"].as_str().unwrap_or_default().contains("shared"), "{rejected}");
+    assert!(
+        rejected["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shared"),
+        "{rejected}"
+    );
 
     let toggles = api(&client, &ns.name, "FeatureToggle");
     apply(
@@ -180,23 +226,42 @@ async fn operator_accepts_releases_and_toggles_and_is_quiet_when_nothing_changes
     .await?;
     eventually(Duration::from_secs(10), || async {
         let t = toggles.get("new-invoice-ui").await?;
-        Ok(condition(&t, "Accepted").filter(|c| c["status"] == "True").map(|_| ()))
+        Ok(condition(&t, "Accepted")
+            .filter(|c| c["status"] == "True")
+            .map(|_| ()))
     })
     .await?;
 
     // Once everything is accepted, the operator writes nothing more: not on its own,
     // and not after an unrelated change (a label) that does not change the spec.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes_before = operator.metric("stagecoach_status_writes_total", "").await?;
-    assert!(writes_before >= 3.0, "expected at least three status writes so far, saw {writes_before}");
+    let writes_before = operator
+        .metric("stagecoach_status_writes_total", "")
+        .await?;
+    assert!(
+        writes_before >= 3.0,
+        "expected at least three status writes so far, saw {writes_before}"
+    );
     releases
-        .patch("billing-2.4.0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})))
+        .patch(
+            "billing-2.4.0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let reconciles = operator.metric("stagecoach_reconciles_total", "").await?;
-    let writes_after = operator.metric("stagecoach_status_writes_total", "").await?;
-    assert!(reconciles >= 4.0, "the operator reconciled ({reconciles} reconciles)");
-    assert_eq!(writes_before, writes_after, "no status write when nothing changed");
+    let writes_after = operator
+        .metric("stagecoach_status_writes_total", "")
+        .await?;
+    assert!(
+        reconciles >= 4.0,
+        "the operator reconciled ({reconciles} reconciles)"
+    );
+    assert!(
+        (writes_before - writes_after).abs() < 0.5,
+        "no status write when nothing changed: {writes_before} before, {writes_after} after"
+    );
 
     operator.stop().await?;
     ns.delete().await

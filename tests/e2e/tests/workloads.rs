@@ -2,6 +2,12 @@
 //! kwok take pods to Ready; images containing `bad` crash-loop; a Ready pod marked
 //! `stagecoach.dev/test-unhealthy` turns NotReady.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::semicolon_if_nothing_returned
+)] // test tables
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -26,7 +32,12 @@ fn waiting_reason(pod: &Pod) -> Option<String> {
         .find_map(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
 }
 
-async fn create_deployment(api: &Api<Deployment>, name: &str, image: &str, replicas: i32) -> Result<()> {
+async fn create_deployment(
+    api: &Api<Deployment>,
+    name: &str,
+    image: &str,
+    replicas: i32,
+) -> Result<()> {
     let d: Deployment = serde_json::from_value(deployment(name, image, replicas))?;
     api.create(&PostParams::default(), &d).await?;
     Ok(())
@@ -50,7 +61,11 @@ async fn a_deployment_reaches_ready_pods() -> Result<()> {
     assert_eq!(list.items.len(), 3);
     assert!(list.items.iter().all(is_ready), "every pod is Ready");
     assert!(
-        list.items.iter().all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| n.starts_with("kwok-node-"))),
+        list.items.iter().all(|p| p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some_and(|n| n.starts_with("kwok-node-"))),
         "pods were scheduled onto the fake nodes by the real scheduler"
     );
     ns.delete().await
@@ -76,13 +91,20 @@ async fn a_bad_image_gets_pods_that_stay_not_ready() -> Result<()> {
     .await?;
     for pod in &crashing {
         assert!(!is_ready(pod));
-        let restarts = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |cs| cs[0].restart_count);
+        let restarts = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map_or(0, |cs| cs[0].restart_count);
         assert!(restarts > 0, "a crash-looping pod reports restarts");
     }
     // And they stay that way.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let list = pods.list(&ListParams::default().labels("app=web")).await?;
-    assert!(list.items.iter().all(|p| !is_ready(p)), "bad pods never become Ready");
+    assert!(
+        list.items.iter().all(|p| !is_ready(p)),
+        "bad pods never become Ready"
+    );
     let d = deployments.get("web").await?;
     assert_eq!(d.status.and_then(|s| s.ready_replicas).unwrap_or(0), 0);
     ns.delete().await
@@ -105,12 +127,17 @@ async fn a_ready_pod_marked_unhealthy_turns_not_ready() -> Result<()> {
     pods.patch(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"stagecoach.dev/test-unhealthy": "true"}}})),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"labels": {"stagecoach.dev/test-unhealthy": "true"}}}),
+        ),
     )
     .await?;
     eventually(Duration::from_secs(30), || async {
         let p = pods.get(&name).await?;
-        Ok((!is_ready(&p) && waiting_reason(&p).as_deref() == Some("CrashLoopBackOff")).then_some(()))
+        Ok(
+            (!is_ready(&p) && waiting_reason(&p).as_deref() == Some("CrashLoopBackOff"))
+                .then_some(()),
+        )
     })
     .await?;
     ns.delete().await

@@ -1,6 +1,7 @@
 //! Building the control-plane binaries from the Go modules in `tests/cluster/`, once,
 //! into a cache outside the repository keyed by the pinned versions.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,8 +66,8 @@ pub struct Versions {
 }
 
 fn required_version(go_mod: &Path, module: &str) -> Result<String> {
-    let text = std::fs::read_to_string(go_mod)
-        .with_context(|| format!("reading {}", go_mod.display()))?;
+    let text =
+        std::fs::read_to_string(go_mod).with_context(|| format!("reading {}", go_mod.display()))?;
     text.lines()
         .map(str::trim)
         .map(|l| l.trim_start_matches("require").trim())
@@ -140,13 +141,22 @@ pub fn ensure_binaries(with_helm: bool) -> Result<PathBuf> {
         let mut flags = Vec::new();
         if c.kubernetes {
             let mut ld = String::from("-s -w");
-            for pkg in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
-                ld.push_str(&format!(
+            for pkg in [
+                "k8s.io/component-base/version",
+                "k8s.io/client-go/pkg/version",
+            ] {
+                let _ = write!(
+                    ld,
                     " -X {pkg}.gitVersion={} -X {pkg}.gitMajor={major} -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean",
                     versions.kubernetes
-                ));
+                );
             }
-            flags = vec!["-tags".into(), "selinux,notest".into(), "-ldflags".into(), ld];
+            flags = vec![
+                "-tags".into(),
+                "selinux,notest".into(),
+                "-ldflags".into(),
+                ld,
+            ];
         } else {
             flags.extend(["-ldflags".to_owned(), "-s -w".to_owned()]);
         }
@@ -199,7 +209,9 @@ fn build_one(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
-    spinner.set_message(format!("go build {binary} ({index}/{total}) from {package}"));
+    spinner.set_message(format!(
+        "go build {binary} ({index}/{total}) from {package}"
+    ));
     spinner.enable_steady_tick(Duration::from_millis(200));
     let started = Instant::now();
     let mut child = Command::new("go")
@@ -235,7 +247,14 @@ fn build_one(
         bail!(
             "go build of {binary} failed ({status}); log {}:\n{}",
             log_path.display(),
-            tail.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            tail.lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     std::fs::rename(&tmp_out, out_dir.join(binary))?;

@@ -9,6 +9,7 @@ pub mod build;
 mod pki;
 pub mod stages;
 
+use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,7 +32,9 @@ impl Cluster {
     /// The cluster of the given name under `target/stagecoach-cluster/<name>`.
     pub fn named(name: &str) -> Self {
         Self {
-            dir: workspace_root().join("target/stagecoach-cluster").join(name),
+            dir: workspace_root()
+                .join("target/stagecoach-cluster")
+                .join(name),
         }
     }
 
@@ -108,6 +111,7 @@ impl Cluster {
         Ok(())
     }
 
+    #[allow(clippy::too_many_lines)] // one flat list of components and flags reads best
     fn start_components(&self, bin: &Path, pki_dir: &Path) -> Result<()> {
         let pki = |name: &str| pki_dir.join(name).display().to_string();
         let etcd_port = free_port()?;
@@ -262,12 +266,13 @@ impl Cluster {
                 .with_context(|| format!("starting {}", program.display()))?
         };
         let mut pids = std::fs::read_to_string(self.pid_file()).unwrap_or_default();
-        pids.push_str(&format!("{name} {}\n", child.id()));
+        let _ = writeln!(pids, "{name} {}", child.id());
         std::fs::write(self.pid_file(), pids)?;
         Ok(())
     }
 
     /// Stops every process this cluster started (newest first), and nothing else.
+    #[allow(clippy::unnecessary_wraps)] // a command: same shape as `up`
     pub fn down(&self) -> Result<()> {
         let mut pids = self.live_pids();
         pids.reverse();

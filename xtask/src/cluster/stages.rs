@@ -167,7 +167,8 @@ spec:
 "#;
 
 /// JQ keys that must not exist for kwok's pod-ready stage, so it leaves our pods alone.
-const POD_READY_EXCLUSIONS: [&str; 1] = [r#".spec.containers.[].image | select( contains("bad") )"#];
+const POD_READY_EXCLUSIONS: [&str; 1] =
+    [r#".spec.containers.[].image | select( contains("bad") )"#];
 
 fn push_does_not_exist(stage: &mut Value, key: &str) -> Result<()> {
     let expressions = stage

@@ -1,0 +1,69 @@
+//! The Release controller. For now it decides and records whether a Release is
+//! accepted; the rollout planner plugs in at the plan step.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use stagecoach_api::Release;
+use stagecoach_engine::acceptance::plan_release_status;
+use tracing::{debug, instrument};
+
+use super::{
+    RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
+};
+use crate::context::Context;
+use crate::error::ReconcileError;
+use crate::retry::ObjectKey;
+
+/// The `kind` label and log field of this controller.
+pub const KIND: &str = "Release";
+
+/// Reconciles one Release: observe -> plan -> apply.
+#[instrument(skip_all, fields(
+    kind = KIND,
+    namespace = %release.namespace().unwrap_or_default(),
+    name = %release.name_any(),
+))]
+pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let (key, result) = match object_key(KIND, release.as_ref()) {
+        Ok(key) => {
+            let result = reconcile_release(&release, &key, &ctx).await;
+            (Some(key), result)
+        }
+        Err(error) => (None, Err(error)),
+    };
+    record_outcome(&ctx, KIND, key.as_ref(), started, &result);
+    result
+}
+
+async fn reconcile_release(
+    release: &Release,
+    key: &ObjectKey,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    // Observe (no client required): the object as the reflector cache has it.
+    let current = release.status.as_ref();
+    let generation = release.metadata.generation;
+
+    // Plan (no client required).
+    let desired = plan_release_status(current, &release.spec, generation, status_now());
+    if current == Some(&desired) {
+        debug!("status up to date");
+        return Ok(Action::requeue(RESYNC_INTERVAL));
+    }
+
+    // Apply (client required).
+    apply_status::<Release>(ctx, key, &desired).await?;
+    let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    announce_acceptance(ctx, &release.object_ref(&()), before, &desired.conditions).await?;
+    Ok(Action::requeue(RESYNC_INTERVAL))
+}
+
+/// What happens after a failed reconcile; see [`super::error_policy`].
+#[allow(clippy::needless_pass_by_value)] // the signature kube_runtime::Controller::run expects
+pub fn error_policy(release: Arc<Release>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    super::error_policy(KIND, release.as_ref(), error, &ctx)
+}

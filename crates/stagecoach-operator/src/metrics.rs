@@ -1,0 +1,161 @@
+//! Prometheus metrics of the operator. Every label has a small, fixed set of values:
+//! `kind` is Release or FeatureToggle, `category` comes from
+//! [`ReconcileError::category`](crate::error::ReconcileError::category).
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Kinds of object the operator reconciles: the values of the `kind` label.
+pub const KINDS: [&str; 2] = ["Release", "FeatureToggle"];
+
+/// The operator's metrics and the registry that owns them.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: IntCounterVec,
+    reconcile_errors: IntCounterVec,
+    reconcile_duration: HistogramVec,
+    status_writes: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_reconciles_total",
+                "Reconciles started, by kind of object.",
+            ),
+            &["kind"],
+        )?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_reconcile_errors_total",
+                "Reconciles that failed, by kind of object and the step that failed.",
+            ),
+            &["kind", "category"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "stagecoach_reconcile_duration_seconds",
+                "Time one reconcile took, by kind of object.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["kind"],
+        )?;
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_status_writes_total",
+                "Status patches sent to the API server, by kind of object. \
+                 Stays flat while nothing changes.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(status_writes.clone()))?;
+        // Every kind shows up from the start, with 0, so that a scrape before the first
+        // reconcile (or a test comparing before and after) finds the series.
+        for kind in KINDS {
+            reconciles.with_label_values(&[kind]);
+            reconcile_duration.with_label_values(&[kind]);
+            status_writes.with_label_values(&[kind]);
+        }
+        Ok(Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            status_writes,
+        })
+    }
+
+    /// Counts a finished reconcile and records how long it took.
+    pub fn reconciled(&self, kind: &str, took: Duration) {
+        self.reconciles.with_label_values(&[kind]).inc();
+        self.reconcile_duration
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed reconcile.
+    pub fn reconcile_failed(&self, kind: &str, category: &'static str) {
+        self.reconcile_errors
+            .with_label_values(&[kind, category])
+            .inc();
+    }
+
+    /// Counts a status patch about to be sent.
+    pub fn status_written(&self, kind: &str) {
+        self.status_writes.with_label_values(&[kind]).inc();
+    }
+
+    /// All metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|err| prometheus::Error::Msg(err.to_string()))
+    }
+
+    /// Content type of [`Metrics::render`]'s output.
+    pub fn content_type() -> &'static str {
+        prometheus::TEXT_FORMAT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_start_at_zero() {
+        let text = Metrics::new().unwrap().render().unwrap();
+        for kind in KINDS {
+            assert!(
+                text.contains(&format!(
+                    "stagecoach_status_writes_total{{kind=\"{kind}\"}} 0"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("stagecoach_reconciles_total{{kind=\"{kind}\"}} 0")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_every_metric_with_its_labels() {
+        let metrics = Metrics::new().unwrap();
+        metrics.reconciled("Release", Duration::from_millis(3));
+        metrics.reconcile_failed("Release", "patch_status");
+        metrics.status_written("FeatureToggle");
+        metrics.status_written("FeatureToggle");
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("stagecoach_reconciles_total{kind=\"Release\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stagecoach_reconcile_errors_total{category=\"patch_status\",kind=\"Release\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("stagecoach_reconcile_duration_seconds_count{kind=\"Release\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stagecoach_status_writes_total{kind=\"FeatureToggle\"} 2"),
+            "{text}"
+        );
+    }
+}

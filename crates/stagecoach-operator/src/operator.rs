@@ -1,0 +1,121 @@
+//! `stagecoach run`: wires the client, both controllers and the admin server together
+//! and runs them until a shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::controller::Controller;
+use kube::{Api, Client, Resource};
+use stagecoach_api::{FeatureToggle, Release};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::admin::{self, Readiness};
+use crate::cli::RunArgs;
+use crate::context::Context;
+use crate::controller::{self, release, toggle};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// How long in-flight reconciles and admin requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs the operator until SIGTERM or Ctrl-C; returns once everything has stopped.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context(
+        "cannot configure the Kubernetes client: set KUBECONFIG, or run in a pod with a \
+         service account",
+    )?;
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let listener = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-addr)", args.admin_addr))?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        admin_addr = %args.admin_addr,
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "starting"
+    );
+
+    let shutdown = Shutdown::default();
+    let signals = shutdown
+        .on_signals()
+        .context("cannot install handlers for SIGTERM and SIGINT")?;
+    let readiness = Readiness::default();
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+
+    let namespace = args.namespace.as_deref();
+    let (release_sync, toggle_sync) = (
+        readiness.cache(release::KIND),
+        readiness.cache(toggle::KIND),
+    );
+    let (release_cache, release_changes) = controller::cached_watch(
+        scoped_api::<Release>(&client, namespace),
+        release_sync.clone(),
+    );
+    let (toggle_cache, toggle_changes) = controller::cached_watch(
+        scoped_api::<FeatureToggle>(&client, namespace),
+        toggle_sync.clone(),
+    );
+    let releases = Controller::for_stream(release_changes, release_cache)
+        .graceful_shutdown_on(shutdown.wait());
+    let toggles =
+        Controller::for_stream(toggle_changes, toggle_cache).graceful_shutdown_on(shutdown.wait());
+
+    let release_loop = controller::drain(
+        release::KIND,
+        releases.run(release::reconcile, release::error_policy, ctx.clone()),
+        shutdown.clone(),
+        release_sync,
+    );
+    let toggle_loop = controller::drain(
+        toggle::KIND,
+        toggles.run(toggle::reconcile, toggle::error_policy, ctx.clone()),
+        shutdown.clone(),
+        toggle_sync,
+    );
+    let admin_server = {
+        let shutdown = shutdown.clone();
+        async move {
+            let served = admin::serve(listener, readiness, metrics, shutdown.wait()).await;
+            if let Err(error) = &served {
+                error!(%error, "admin server failed; shutting down");
+            }
+            shutdown.trigger(); // a stopped admin server stops the operator
+            served
+        }
+    };
+    let signals = tokio::spawn(signals);
+
+    let all = async { tokio::join!(release_loop, toggle_loop, admin_server) };
+    let grace_over = async {
+        shutdown.wait().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let outcome = tokio::select! {
+        ((), (), served) = all => served.context("admin server failed"),
+        () = grace_over => Err(anyhow::anyhow!(
+            "did not stop within {}s of the shutdown signal", SHUTDOWN_GRACE.as_secs()
+        )),
+    };
+
+    signals.abort();
+    if outcome.is_ok() {
+        info!("stopped");
+    }
+    outcome
+}
+
+/// The API for a namespaced kind, in one namespace or in all.
+fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
