@@ -26,7 +26,9 @@ use crate::names::{DEFAULT_STAGES, default_stage_namespace};
     printcolumn = r#"{"name":"Application","type":"string","jsonPath":".spec.application"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
     printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.currentStage"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.currentWeight"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -405,6 +407,12 @@ pub struct ReleaseStatus {
     /// The stage the release is working on (or last worked on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<String>,
+    /// Percentage of the current stage's pods on the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_weight: Option<i32>,
+    /// One line for people: where the release is and what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// One entry per stage, in pipeline order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageStatus>,
@@ -571,7 +579,8 @@ pub struct GateStatus {
     /// Failing evaluations counted in the current step.
     #[serde(default)]
     pub failures: i32,
-    /// When the gate was last evaluated.
+    /// When the measurement behind this verdict was taken. The built-in gate records only
+    /// changes, so for it this is when the verdict or message last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluated_at: Option<DateTime<Utc>>,
 }

@@ -4,3 +4,4 @@
 
 pub mod acceptance;
 pub mod admission;
+pub mod release;

@@ -1,0 +1,16 @@
+//! Release planning: stage order, step progression, gates, rollback, early life support.
+//!
+//! - [`observed`]: what the controller saw, as plain data;
+//! - [`rollout`]: canary sizing and pod-template arithmetic;
+//! - [`gate`]: the gate model and the built-in workload-health gate;
+//! - [`plan`]: the planner itself.
+
+pub mod gate;
+pub mod observed;
+pub mod plan;
+pub mod rollout;
+
+#[cfg(test)]
+mod tests;
+
+pub use plan::{Action, Plan, PlanInput, PlannedEvent, plan_release};

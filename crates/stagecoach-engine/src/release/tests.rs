@@ -1,0 +1,810 @@
+//! Planner tests: table tests of single decisions and property tests of invariants over
+//! whole releases, driven through a small simulated world (a narrow in-memory fake of
+//! Deployments and pods; the real behaviour is covered by the end-to-end tests).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use stagecoach_api::release::{
+    ContainerImage, EarlyLifeSupport, Pause, ReleasePhase, ReleaseSpec, ReleaseStatus, ReleaseType,
+    Stage, StagePhase, Step, Workload,
+};
+
+use super::gate::RESTART_LIMIT;
+use super::observed::{
+    DeploymentState, OtherRelease, PodHealth, RecordedRevision, StageObservation,
+    WorkloadObservation,
+};
+use super::plan::{Action, Plan, PlanInput, plan_release, reason};
+use super::rollout::{runs_release_images, template_hash};
+
+const STAGES: [&str; 4] = ["dev", "qa", "demo", "prod"];
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 9, 0, 0).unwrap()
+}
+
+fn template(image: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": "api"}},
+        "spec": {"containers": [{"name": "app", "image": image, "imagePullPolicy": "IfNotPresent"}]}
+    })
+}
+
+fn spec(image: &str, prod_steps: Vec<Step>) -> ReleaseSpec {
+    ReleaseSpec {
+        application: "shop".into(),
+        version: "2.0.0".into(),
+        release_type: ReleaseType::Minor,
+        changes: vec![],
+        notes: None,
+        workloads: vec![Workload {
+            deployment: "api".into(),
+            containers: vec![ContainerImage {
+                name: "app".into(),
+                image: image.into(),
+            }],
+        }],
+        stages: Some(
+            STAGES
+                .iter()
+                .map(|s| Stage {
+                    name: (*s).into(),
+                    namespace: None,
+                    steps: (*s == "prod").then(|| prod_steps.clone()),
+                    gates: vec![],
+                    progress_deadline: Some("5m".into()),
+                    early_life_support: (*s == "prod").then(|| EarlyLifeSupport {
+                        duration: Some("1h".into()),
+                    }),
+                })
+                .collect(),
+        ),
+        paused: false,
+        abort: false,
+    }
+}
+
+fn canary_steps() -> Vec<Step> {
+    vec![
+        Step {
+            set_weight: Some(10),
+            pause: None,
+        },
+        Step {
+            set_weight: None,
+            pause: Some(Pause {
+                duration: Some("10m".into()),
+            }),
+        },
+        Step {
+            set_weight: Some(50),
+            pause: None,
+        },
+        Step {
+            set_weight: Some(100),
+            pause: None,
+        },
+    ]
+}
+
+/// A stage namespace in the simulated world.
+#[derive(Clone, Debug, PartialEq)]
+struct SimStage {
+    stable: Value,
+    replicas: i32,
+    canary: Option<(i32, Value, String)>,
+    recorded: Option<RecordedRevision>,
+    /// Images that only fail in this stage.
+    fails: Vec<String>,
+    /// Pods turn unhealthy (early life support failure).
+    unhealthy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct World {
+    stages: BTreeMap<String, SimStage>,
+}
+
+impl World {
+    fn new() -> Self {
+        let stages = STAGES
+            .iter()
+            .map(|s| {
+                (
+                    (*s).to_owned(),
+                    SimStage {
+                        stable: template("shop/api:1.0.0"),
+                        replicas: if *s == "prod" { 10 } else { 2 },
+                        canary: None,
+                        recorded: None,
+                        fails: vec![],
+                        unhealthy: false,
+                    },
+                )
+            })
+            .collect();
+        Self { stages }
+    }
+
+    fn image_of(template: &Value) -> String {
+        template["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn is_bad(stage: &SimStage, template: &Value) -> bool {
+        let image = Self::image_of(template);
+        image.contains("bad") || stage.fails.contains(&image)
+    }
+
+    fn observe(&self, release_image: &str) -> BTreeMap<String, StageObservation> {
+        self.stages
+            .iter()
+            .map(|(name, s)| {
+                let deployment = |template: &Value, replicas: i32, hash: Option<String>| {
+                    let bad = Self::is_bad(s, template);
+                    DeploymentState {
+                        generation: 1,
+                        observed_generation: 1,
+                        replicas,
+                        current: replicas,
+                        updated: replicas,
+                        ready: if bad { 0 } else { replicas },
+                        available: if bad { 0 } else { replicas },
+                        template: template.clone(),
+                        deadline_exceeded: false,
+                        applied_hash: hash,
+                    }
+                };
+                let stable = deployment(&s.stable, s.replicas, None);
+                let canary = s
+                    .canary
+                    .as_ref()
+                    .map(|(r, t, h)| deployment(t, *r, Some(h.clone())));
+                let mut new_pods = PodHealth::default();
+                for (template, replicas) in [
+                    (Some(&s.stable), s.replicas),
+                    (
+                        s.canary.as_ref().map(|c| &c.1),
+                        s.canary.as_ref().map_or(0, |c| c.0),
+                    ),
+                ] {
+                    if let Some(template) = template
+                        && Self::image_of(template) == release_image
+                    {
+                        new_pods.total += replicas;
+                        if Self::is_bad(s, template) || s.unhealthy {
+                            new_pods.crash_looping += replicas;
+                            new_pods.max_restarts = RESTART_LIMIT;
+                        } else {
+                            new_pods.ready += replicas;
+                        }
+                    }
+                }
+                let workload = WorkloadObservation {
+                    stable: Some(stable),
+                    canary,
+                    recorded: s.recorded.clone(),
+                    new_pods,
+                };
+                (
+                    name.clone(),
+                    StageObservation {
+                        workloads: [("api".to_owned(), workload)].into(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn stage_of(&mut self, namespace: &str) -> &mut SimStage {
+        let stage = namespace.trim_start_matches("shop-");
+        self.stages.get_mut(stage).unwrap()
+    }
+
+    /// Applies the first `count` actions.
+    fn apply(&mut self, actions: &[Action], count: usize) {
+        for action in actions.iter().take(count) {
+            match action {
+                Action::RecordStableRevision {
+                    namespace,
+                    revision,
+                    template,
+                    hash,
+                    ..
+                } => {
+                    let stage = self.stage_of(namespace);
+                    if stage.recorded.is_none() {
+                        stage.recorded = Some(RecordedRevision {
+                            name: revision.clone(),
+                            template: template.clone(),
+                            hash: hash.clone(),
+                        });
+                    }
+                }
+                Action::ApplyCanary {
+                    namespace,
+                    replicas,
+                    template,
+                    hash,
+                    ..
+                } => {
+                    self.stage_of(namespace).canary =
+                        Some((*replicas, template.clone(), hash.clone()));
+                }
+                Action::UpdateStable {
+                    namespace, images, ..
+                } => {
+                    let stage = self.stage_of(namespace);
+                    stage.stable["spec"]["containers"][0]["image"] = json!(images[0].1);
+                }
+                Action::RestoreStable {
+                    namespace,
+                    template,
+                    ..
+                } => {
+                    self.stage_of(namespace).stable = template.clone();
+                }
+                Action::DeleteCanary { namespace, .. } => {
+                    self.stage_of(namespace).canary = None;
+                }
+            }
+        }
+    }
+}
+
+struct Run {
+    status: Option<ReleaseStatus>,
+    world: World,
+    now: DateTime<Utc>,
+    plans: Vec<Plan>,
+}
+
+fn plan_once(
+    spec: &ReleaseSpec,
+    status: Option<&ReleaseStatus>,
+    world: &World,
+    now: DateTime<Utc>,
+    others: &[OtherRelease],
+    annotations: &BTreeMap<String, String>,
+) -> Plan {
+    let observed = world.observe(&spec.workloads[0].containers[0].image);
+    let gates = BTreeMap::new();
+    plan_release(&PlanInput {
+        name: "shop-2.0.0",
+        generation: Some(1),
+        created: t0(),
+        annotations,
+        spec,
+        status,
+        observed: &observed,
+        gate_measurements: &gates,
+        others,
+        now,
+    })
+}
+
+/// A crash point: after planning step `at`, the operator dies having applied `actions`
+/// of the actions and, unless `status_written`, without writing the status.
+#[derive(Clone, Copy, Debug)]
+struct Crash {
+    at: usize,
+    actions: usize,
+    status_written: bool,
+}
+
+fn drive(
+    spec: &ReleaseSpec,
+    mut world: World,
+    crashes: &[Crash],
+    mutate: impl Fn(usize, &mut World),
+) -> Run {
+    let annotations = BTreeMap::new();
+    let mut status: Option<ReleaseStatus> = None;
+    let mut now = t0();
+    let mut plans = Vec::new();
+    for i in 0..400 {
+        mutate(i, &mut world);
+        let plan = plan_once(spec, status.as_ref(), &world, now, &[], &annotations);
+        let crash = crashes.iter().find(|c| c.at == i);
+        match crash {
+            Some(c) => {
+                if plan.status_first {
+                    if c.status_written {
+                        status = Some(plan.status.clone());
+                    }
+                    world.apply(&plan.actions, c.actions.min(plan.actions.len()));
+                } else {
+                    world.apply(&plan.actions, c.actions.min(plan.actions.len()));
+                    if c.status_written && c.actions >= plan.actions.len() {
+                        status = Some(plan.status.clone());
+                    }
+                }
+            }
+            None => {
+                world.apply(&plan.actions, plan.actions.len());
+                status = Some(plan.status.clone());
+            }
+        }
+        let quiet = plan.actions.is_empty() && plan.requeue_after.is_none_or(|r| !r.is_zero());
+        now += match plan.requeue_after {
+            Some(r) if !r.is_zero() => chrono::Duration::from_std(r)
+                .unwrap()
+                .min(chrono::Duration::minutes(30)),
+            _ => chrono::Duration::seconds(1),
+        };
+        let done = status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+            matches!(
+                p,
+                ReleasePhase::Succeeded
+                    | ReleasePhase::RolledBack
+                    | ReleasePhase::Failed
+                    | ReleasePhase::Superseded
+            )
+        });
+        plans.push(plan);
+        if done && quiet {
+            break;
+        }
+    }
+    Run {
+        status,
+        world,
+        now,
+        plans,
+    }
+}
+
+fn stage_phase(status: &ReleaseStatus, name: &str) -> StagePhase {
+    status.stages.iter().find(|s| s.name == name).unwrap().phase
+}
+
+#[test]
+fn a_good_release_goes_through_every_stage_and_ends_clean() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let run = drive(&spec, World::new(), &[], |_, _| {});
+    let status = run.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(ReleasePhase::Succeeded),
+        "{:?}",
+        status.message
+    );
+    for stage in STAGES {
+        assert_eq!(stage_phase(&status, stage), StagePhase::Succeeded);
+        let sim = &run.world.stages[stage];
+        assert!(
+            runs_release_images(&sim.stable, &spec.workloads[0]),
+            "{stage} runs the release"
+        );
+        assert!(sim.canary.is_none(), "no canary left in {stage}");
+        assert_eq!(
+            sim.recorded.as_ref().unwrap().template,
+            template("shop/api:1.0.0")
+        );
+    }
+    let record = status.closing_record.unwrap();
+    assert_eq!(record.outcome, ReleasePhase::Succeeded);
+    assert!(record.lead_time_seconds.is_some());
+    // The prod canary went 10% (1 of 11 pods), then 50% (10 of 20).
+    let canary_sizes: Vec<i32> = run
+        .plans
+        .iter()
+        .flat_map(|p| &p.actions)
+        .filter_map(|a| match a {
+            Action::ApplyCanary { replicas, .. } => Some(*replicas),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(canary_sizes, vec![1, 10]);
+    assert!(
+        run.now > t0() + chrono::Duration::hours(1),
+        "early life support lasted its hour"
+    );
+}
+
+#[test]
+fn a_bad_image_is_rolled_back_in_the_first_stage() {
+    let spec = spec("shop/api:2.0.0-bad", canary_steps());
+    let run = drive(&spec, World::new(), &[], |_, _| {});
+    let status = run.status.unwrap();
+    assert_eq!(status.phase, Some(ReleasePhase::RolledBack));
+    assert_eq!(stage_phase(&status, "dev"), StagePhase::RolledBack);
+    for later in ["qa", "demo", "prod"] {
+        assert_eq!(stage_phase(&status, later), StagePhase::Skipped);
+        assert_eq!(
+            run.world.stages[later].stable,
+            template("shop/api:1.0.0"),
+            "{later} untouched"
+        );
+        assert!(
+            run.world.stages[later].recorded.is_none(),
+            "{later} never entered"
+        );
+    }
+    assert_eq!(
+        run.world.stages["dev"].stable,
+        template("shop/api:1.0.0"),
+        "dev restored exactly"
+    );
+    assert_eq!(status.rollbacks.len(), 1);
+    assert_eq!(status.rollbacks[0].reason, reason::GATE_FAILED);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.reason, reason::GATE_FAILED);
+}
+
+#[test]
+fn a_failure_only_in_prod_keeps_earlier_stages_on_the_new_version() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let mut world = World::new();
+    world
+        .stages
+        .get_mut("prod")
+        .unwrap()
+        .fails
+        .push("shop/api:2.0.0".into());
+    let run = drive(&spec, world, &[], |_, _| {});
+    let status = run.status.unwrap();
+    assert_eq!(status.phase, Some(ReleasePhase::RolledBack));
+    for stage in ["dev", "qa", "demo"] {
+        assert_eq!(stage_phase(&status, stage), StagePhase::Succeeded);
+        assert!(runs_release_images(
+            &run.world.stages[stage].stable,
+            &spec.workloads[0]
+        ));
+    }
+    assert_eq!(stage_phase(&status, "prod"), StagePhase::RolledBack);
+    assert_eq!(run.world.stages["prod"].stable, template("shop/api:1.0.0"));
+    assert!(run.world.stages["prod"].canary.is_none());
+    assert!(
+        status.rollbacks[0].message.contains("10%"),
+        "{}",
+        status.rollbacks[0].message
+    );
+}
+
+#[test]
+fn early_life_support_failure_rolls_prod_back() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let run = drive(&spec, World::new(), &[], |_, world| {
+        let prod = world.stages.get_mut("prod").unwrap();
+        if World::image_of(&prod.stable) == "shop/api:2.0.0" && prod.canary.is_none() {
+            prod.unhealthy = true;
+        }
+    });
+    let status = run.status.unwrap();
+    assert_eq!(status.phase, Some(ReleasePhase::RolledBack));
+    assert_eq!(
+        status.rollbacks[0].reason,
+        reason::EARLY_LIFE_SUPPORT_FAILED
+    );
+    assert_eq!(run.world.stages["prod"].stable, template("shop/api:1.0.0"));
+}
+
+#[test]
+fn abort_rolls_back_the_stage_in_progress() {
+    let mut spec = spec("shop/api:2.0.0", canary_steps());
+    let first = drive(&spec, World::new(), &[], |_, _| {});
+    assert_eq!(
+        first.status.as_ref().unwrap().phase,
+        Some(ReleasePhase::Succeeded)
+    );
+    // Abort in the middle of prod: replay until prod is at 10%, then set abort.
+    spec.abort = false;
+    let mut world = World::new();
+    let mut status = None;
+    let annotations = BTreeMap::new();
+    let mut now = t0();
+    for _ in 0..200 {
+        let plan = plan_once(&spec, status.as_ref(), &world, now, &[], &annotations);
+        world.apply(&plan.actions, plan.actions.len());
+        status = Some(plan.status);
+        now += chrono::Duration::seconds(1);
+        if world.stages["prod"].canary.is_some() {
+            break;
+        }
+    }
+    spec.abort = true;
+    let plan = plan_once(&spec, status.as_ref(), &world, now, &[], &annotations);
+    assert!(plan.status_first);
+    world.apply(&plan.actions, plan.actions.len());
+    assert_eq!(plan.status.phase, Some(ReleasePhase::RolledBack));
+    assert_eq!(
+        plan.status.rollbacks.last().unwrap().reason,
+        reason::ABORTED
+    );
+    assert!(world.stages["prod"].canary.is_none());
+    assert_eq!(world.stages["prod"].stable, template("shop/api:1.0.0"));
+    assert!(runs_release_images(
+        &world.stages["demo"].stable,
+        &spec.workloads[0]
+    ));
+}
+
+#[test]
+fn paused_release_starts_no_new_step_and_resumes() {
+    let mut spec = spec("shop/api:2.0.0", canary_steps());
+    spec.paused = true;
+    let plan = plan_once(&spec, None, &World::new(), t0(), &[], &BTreeMap::new());
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Paused));
+    assert!(plan.actions.is_empty());
+    spec.paused = false;
+    let plan = plan_once(
+        &spec,
+        Some(&plan.status),
+        &World::new(),
+        t0(),
+        &[],
+        &BTreeMap::new(),
+    );
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Progressing));
+    assert!(matches!(
+        plan.actions[0],
+        Action::RecordStableRevision { .. }
+    ));
+}
+
+#[test]
+fn a_newer_release_supersedes_at_stages_not_entered() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let newer = OtherRelease {
+        name: "shop-2.1.0".into(),
+        created: t0() + chrono::Duration::minutes(1),
+        phase: Some(ReleasePhase::Progressing),
+        stages: vec![("dev".into(), StagePhase::Progressing)],
+    };
+    let plan = plan_once(
+        &spec,
+        None,
+        &World::new(),
+        t0(),
+        std::slice::from_ref(&newer),
+        &BTreeMap::new(),
+    );
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Superseded));
+    assert!(plan.actions.is_empty());
+    assert!(
+        plan.status
+            .stages
+            .iter()
+            .all(|s| s.phase == StagePhase::Skipped)
+    );
+    // An older release still working on a stage makes the newer one wait there.
+    let older = OtherRelease {
+        name: "shop-1.9.0".into(),
+        created: t0() - chrono::Duration::minutes(1),
+        phase: Some(ReleasePhase::Progressing),
+        stages: vec![("dev".into(), StagePhase::Progressing)],
+    };
+    let plan = plan_once(
+        &spec,
+        None,
+        &World::new(),
+        t0(),
+        std::slice::from_ref(&older),
+        &BTreeMap::new(),
+    );
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Progressing));
+    assert!(plan.actions.is_empty());
+    assert!(plan.status.message.unwrap().contains("shop-1.9.0"));
+}
+
+#[test]
+fn a_missing_deployment_is_a_condition_not_a_crash() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let observed: BTreeMap<String, StageObservation> = BTreeMap::new();
+    let gates = BTreeMap::new();
+    let annotations = BTreeMap::new();
+    let plan = plan_release(&PlanInput {
+        name: "shop-2.0.0",
+        generation: Some(1),
+        created: t0(),
+        annotations: &annotations,
+        spec: &spec,
+        status: None,
+        observed: &observed,
+        gate_measurements: &gates,
+        others: &[],
+        now: t0(),
+    });
+    assert!(plan.actions.is_empty());
+    let degraded = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.reason, reason::DEPLOYMENT_MISSING);
+    assert!(degraded.message.contains("api"));
+}
+
+#[test]
+fn a_pause_without_duration_waits_for_promotion() {
+    let steps = vec![
+        Step {
+            set_weight: Some(20),
+            pause: None,
+        },
+        Step {
+            set_weight: None,
+            pause: Some(Pause { duration: None }),
+        },
+        Step {
+            set_weight: Some(100),
+            pause: None,
+        },
+    ];
+    let spec = spec("shop/api:2.0.0", steps);
+    let mut world = World::new();
+    let mut status = None;
+    let mut annotations = BTreeMap::new();
+    let mut now = t0();
+    for _ in 0..100 {
+        let plan = plan_once(&spec, status.as_ref(), &world, now, &[], &annotations);
+        world.apply(&plan.actions, plan.actions.len());
+        status = Some(plan.status);
+        now += chrono::Duration::seconds(1);
+    }
+    let s = status.clone().unwrap();
+    assert_eq!(s.phase, Some(ReleasePhase::Paused));
+    assert_eq!(s.current_stage.as_deref(), Some("prod"));
+    annotations.insert(
+        super::plan::PROMOTE_ANNOTATION.to_owned(),
+        "prod/1".to_owned(),
+    );
+    let plan = plan_once(&spec, status.as_ref(), &world, now, &[], &annotations);
+    assert_eq!(plan.status.stages[3].step, Some(2));
+}
+
+#[test]
+fn the_timeline_is_bounded() {
+    let spec = spec(
+        "shop/api:2.0.0",
+        (1..=30)
+            .map(|w| Step {
+                set_weight: Some(w * 3 + 10),
+                pause: None,
+            })
+            .chain([Step {
+                set_weight: Some(100),
+                pause: None,
+            }])
+            .collect(),
+    );
+    let run = drive(&spec, World::new(), &[], |_, _| {});
+    assert!(run.status.unwrap().timeline.len() <= super::plan::TIMELINE_LIMIT);
+}
+
+/// Key facts of a finished run, compared across crash schedules.
+fn outcome(
+    run: &Run,
+) -> (
+    Option<ReleasePhase>,
+    Vec<StagePhase>,
+    BTreeMap<String, (String, bool)>,
+) {
+    let status = run.status.as_ref().unwrap();
+    (
+        status.phase,
+        status.stages.iter().map(|s| s.phase).collect(),
+        run.world
+            .stages
+            .iter()
+            .map(|(k, s)| (k.clone(), (World::image_of(&s.stable), s.canary.is_some())))
+            .collect(),
+    )
+}
+
+fn scenario() -> impl Strategy<Value = (String, Option<&'static str>)> {
+    (
+        prop_oneof![
+            Just("shop/api:2.0.0".to_owned()),
+            Just("shop/api:2.0.0-bad".to_owned())
+        ],
+        prop_oneof![Just(None), Just(Some("qa")), Just(Some("prod"))],
+    )
+}
+
+fn world_for(fail_in: Option<&str>, image: &str) -> World {
+    let mut world = World::new();
+    if let Some(stage) = fail_in {
+        world
+            .stages
+            .get_mut(stage)
+            .unwrap()
+            .fails
+            .push(image.to_owned());
+    }
+    world
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Never advances past a failing gate, stage order is monotone, and a rollback always
+    /// restores exactly the recorded template.
+    #[test]
+    fn invariants_hold_for_every_scenario((image, fail_in) in scenario()) {
+        let spec = spec(&image, canary_steps());
+        let run = drive(&spec, world_for(fail_in, &image), &[], |_, _| {});
+        let mut last_index = 0usize;
+        for plan in &run.plans {
+            let index = plan.status.current_stage.as_ref().map_or(0, |c| STAGES.iter().position(|s| s == c).unwrap());
+            prop_assert!(index >= last_index, "stage order went back");
+            last_index = index;
+            for action in &plan.actions {
+                if let Action::RestoreStable { template, .. } = action {
+                    prop_assert_eq!(template, &self::template("shop/api:1.0.0"));
+                }
+            }
+        }
+        let status = run.status.as_ref().unwrap();
+        let failing_stage = if image.contains("bad") { Some("dev") } else { fail_in };
+        if let Some(failing) = failing_stage {
+            let failing_index = STAGES.iter().position(|s| *s == failing).unwrap();
+            prop_assert_eq!(status.phase, Some(ReleasePhase::RolledBack));
+            for (i, stage) in STAGES.iter().enumerate() {
+                let sim = &run.world.stages[*stage];
+                if i < failing_index {
+                    prop_assert!(runs_release_images(&sim.stable, &spec.workloads[0]));
+                } else {
+                    prop_assert_eq!(&sim.stable, &template("shop/api:1.0.0"));
+                    prop_assert!(sim.canary.is_none());
+                }
+                if i > failing_index {
+                    prop_assert!(sim.recorded.is_none(), "stage {} entered after a failure", stage);
+                }
+            }
+        } else {
+            prop_assert_eq!(status.phase, Some(ReleasePhase::Succeeded));
+        }
+    }
+
+    /// Replaying the planner on its own output with nothing changed in the world gives
+    /// back the same status and no action.
+    #[test]
+    fn replay_is_stable((image, fail_in) in scenario(), extra in 0usize..3) {
+        let spec = spec(&image, canary_steps());
+        let run = drive(&spec, world_for(fail_in, &image), &[], |_, _| {});
+        let status = run.status.clone().unwrap();
+        let mut replayed = status.clone();
+        for _ in 0..=extra {
+            let plan = plan_once(&spec, Some(&replayed), &run.world, run.now, &[], &BTreeMap::new());
+            prop_assert!(plan.actions.is_empty());
+            replayed = plan.status;
+        }
+        prop_assert_eq!(replayed, status);
+        let _ = template_hash(&json!(null));
+    }
+
+    /// Any schedule of operator deaths (after any number of a plan's actions, with or
+    /// without the status write) converges to the same final state, with no step
+    /// recorded twice in the timeline.
+    #[test]
+    fn restarts_converge_to_the_same_end(
+        (image, fail_in) in scenario(),
+        crashes in prop::collection::vec((0usize..60, 0usize..3, any::<bool>()), 5..12),
+    ) {
+        let spec = spec(&image, canary_steps());
+        let clean = drive(&spec, world_for(fail_in, &image), &[], |_, _| {});
+        let crashes: Vec<Crash> = crashes.into_iter().map(|(at, actions, status_written)| Crash { at, actions, status_written }).collect();
+        let crashed = drive(&spec, world_for(fail_in, &image), &crashes, |_, _| {});
+        prop_assert_eq!(outcome(&crashed), outcome(&clean));
+        let timeline = &crashed.status.as_ref().unwrap().timeline;
+        let steps: Vec<(&Option<String>, &String, &String)> = timeline.iter().filter(|t| t.reason == reason::STEP_COMPLETED || t.reason == reason::STAGE_STARTED).map(|t| (&t.stage, &t.reason, &t.message)).collect();
+        let mut unique = steps.clone();
+        unique.sort();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), steps.len(), "a step was repeated: {:?}", steps);
+    }
+}
