@@ -47,11 +47,11 @@ fn target_cluster() -> Result<PathBuf> {
             path.display()
         );
     }
-    let cluster = Cluster::named("dev");
+    let cluster = Cluster::named("demo");
     if cluster.is_running() {
         eprintln!("using the running local control plane");
     } else {
-        eprintln!("starting the local control plane (`cargo xtask cluster down` stops it)");
+        eprintln!("starting the local control plane (`cargo xtask cluster down --name demo` stops it)");
         cluster.up()?;
     }
     Ok(cluster.kubeconfig())
@@ -109,6 +109,65 @@ fn apply_dir(kubeconfig: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// (name, phase, one-line progress) of every Release.
+fn release_lines(kubeconfig: &Path) -> Result<Vec<(String, String, String)>> {
+    let json = kubectl(kubeconfig, &["get", "releases", "-A", "-o", "json"])?;
+    let list: serde_json::Value = serde_json::from_str(&json)?;
+    let mut out = Vec::new();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let name = item["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let phase = item["status"]["phase"].as_str().unwrap_or("Pending").to_owned();
+        let stages: Vec<String> = item["status"]["stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let stage = s["name"].as_str().unwrap_or_default();
+                let mark = match s["phase"].as_str().unwrap_or_default() {
+                    "Succeeded" => "ok".to_owned(),
+                    "Progressing" => format!("{}%", s["weight"].as_i64().unwrap_or(0)),
+                    "EarlyLifeSupport" => "ELS".to_owned(),
+                    "RolledBack" => "ROLLED BACK".to_owned(),
+                    "Skipped" => "skipped".to_owned(),
+                    _ => "..".to_owned(),
+                };
+                format!("{stage} {mark}")
+            })
+            .collect();
+        out.push((name, phase.clone(), format!("{} | {}", stages.join(" > "), phase)));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Prints a line per release whenever one changes, until `done` or 5 minutes.
+fn watch_releases(
+    kubeconfig: &Path,
+    operator: &OperatorProcess,
+    started: Instant,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> Result<()> {
+    let mut last = Vec::new();
+    loop {
+        let lines = release_lines(kubeconfig)?;
+        if lines != last {
+            for (name, _, progress) in &lines {
+                if !last.iter().any(|(n, _, p)| n == name && p == progress) {
+                    println!("[{:>4}s] {name:<15} {progress}", started.elapsed().as_secs());
+                }
+            }
+            last = lines;
+        }
+        if done(&last) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the releases did not get there within 5 minutes; operator log {}", operator.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub fn run(keep_running: bool) -> Result<()> {
     let kubeconfig = target_cluster()?;
     let binary = cargo_build_operator()?;
@@ -131,67 +190,52 @@ pub fn run(keep_running: bool) -> Result<()> {
     eprintln!("\napplying examples/");
     apply_dir(&kubeconfig, &workspace_root().join("examples"))?;
 
-    eprintln!("\nwaiting for the operator to accept every Release and FeatureToggle");
+    eprintln!("\nwatching the releases travel (dev -> qa -> demo -> prod)");
     let started = Instant::now();
-    loop {
-        let pending = kubectl(
-            &kubeconfig,
-            &[
-                "get",
-                "releases,featuretoggles",
-                "-n",
-                "billing",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Accepted\")].status}{\"\\n\"}{end}",
-            ],
-        )?;
-        if pending.lines().all(|l| !l.ends_with('=')) && !pending.trim().is_empty() {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the operator did not accept the examples within 60s; see {}",
-                operator.log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    watch_releases(&kubeconfig, &operator, started, |releases| {
+        ["billing-2.4.0", "reports-1.8.0"].iter().all(|name| {
+            releases
+                .iter()
+                .any(|(n, phase, _)| n == name && matches!(phase.as_str(), "EarlyLifeSupport" | "Succeeded"))
+        })
+    })?;
 
-    println!("\n$ kubectl get releases,featuretoggles -n billing");
+    eprintln!("\napplying examples/failing/: billing-2.5.0, whose image crash-loops");
+    apply_dir(&kubeconfig, &workspace_root().join("examples/failing"))?;
+    watch_releases(&kubeconfig, &operator, Instant::now(), |releases| {
+        releases
+            .iter()
+            .any(|(n, phase, _)| n == "billing-2.5.0" && phase == "RolledBack")
+    })?;
+
+    println!("\n$ kubectl get releases -A");
+    print!("{}", kubectl(&kubeconfig, &["get", "releases", "-A"])?);
+    println!("\n$ kubectl get featuretoggles -A");
+    print!("{}", kubectl(&kubeconfig, &["get", "featuretoggles", "-A"])?);
+    println!("\nwhy billing-2.5.0 was rolled back:");
     print!(
         "{}",
         kubectl(
             &kubeconfig,
-            &["get", "releases,featuretoggles", "-n", "billing"]
+            &["get", "release", "-n", "billing", "billing-2.5.0", "-o", "jsonpath={range .status.rollbacks[*]}  {.stage}: {.reason}: {.message}{\"\\n\"}{end}"],
         )?
     );
-    println!("\nconditions set by the operator:");
+    println!("\n$ kubectl get deployments -A -l app=billing-api (images)");
     print!(
         "{}",
         kubectl(
             &kubeconfig,
-            &[
-                "get",
-                "releases,featuretoggles",
-                "-n",
-                "billing",
-                "-o",
-                "custom-columns=KIND:.kind,NAME:.metadata.name,ACCEPTED:.status.conditions[?(@.type==\"Accepted\")].status,REASON:.status.conditions[?(@.type==\"Accepted\")].reason,GENERATION:.status.observedGeneration",
-            ],
-        )?
-    );
-    println!("\n$ kubectl get deployments -A -l app=billing-api");
-    print!(
-        "{}",
-        kubectl(
-            &kubeconfig,
-            &["get", "deployments", "-A", "-l", "app=billing-api"]
+            &["get", "deployments", "-A", "-o", "custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,READY:.status.readyReplicas,IMAGE:.spec.template.spec.containers[0].image"],
         )
         .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("NAMESPACE") || l.contains("billing"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
     );
 
     println!(
-        "\nexplore: export KUBECONFIG={}\n  kubectl explain release.spec.stages.steps\n  kubectl describe release -n billing billing-2.4.0",
+        "\nexplore: export KUBECONFIG={}\n  kubectl explain release.spec.stages.steps\n  kubectl describe release -n billing billing-2.5.0\n  target/debug/kubectl-stagecoach -n billing history billing-2.4.0",
         kubeconfig.display()
     );
     if keep_running {
@@ -201,6 +245,6 @@ pub fn run(keep_running: bool) -> Result<()> {
         }
     }
     drop(operator);
-    println!("operator stopped; `cargo xtask cluster down` stops the local control plane");
+    println!("operator stopped; `cargo xtask cluster down --name demo` stops the local control plane");
     Ok(())
 }

@@ -43,6 +43,10 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
+        /// Which local control plane: each name has its own state, ports and logs
+        /// (`dev` by default; the demo uses `demo`, the tests `test`).
+        #[arg(long, global = true, default_value = "dev")]
+        name: String,
     },
 }
 
@@ -71,8 +75,8 @@ fn main() -> Result<()> {
         Command::Gen { check } => crdgen::run(check),
         Command::Test { skip_e2e } => test::run_all(skip_e2e),
         Command::Demo { keep_running } => demo::run(keep_running),
-        Command::Cluster { action } => {
-            let cluster = cluster::Cluster::named("dev");
+        Command::Cluster { action, name } => {
+            let cluster = cluster::Cluster::named(&name);
             match action {
                 ClusterAction::Up => cluster.up(),
                 ClusterAction::Down => cluster.down(),

@@ -5,3 +5,4 @@
 pub mod acceptance;
 pub mod admission;
 pub mod release;
+pub mod toggle;

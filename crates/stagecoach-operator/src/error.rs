@@ -20,6 +20,16 @@ pub enum ReconcileError {
     /// The API server refused or did not answer the Event.
     #[error("cannot publish the event: {0}")]
     PublishEvent(#[source] kube::Error),
+
+    /// A change to a workload in a stage namespace failed.
+    #[error("cannot {action} {namespace}/{name}: {source}")]
+    ApplyWorkload {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl ReconcileError {
@@ -30,6 +40,7 @@ impl ReconcileError {
             Self::SerializeStatus(_) => "serialize_status",
             Self::PatchStatus(_) => "patch_status",
             Self::PublishEvent(_) => "publish_event",
+            Self::ApplyWorkload { .. } => "apply_workload",
         }
     }
 
@@ -38,7 +49,7 @@ impl ReconcileError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::MissingMetadata(_) | Self::SerializeStatus(_) => false,
-            Self::PatchStatus(_) | Self::PublishEvent(_) => true,
+            Self::PatchStatus(_) | Self::PublishEvent(_) | Self::ApplyWorkload { .. } => true,
         }
     }
 }

@@ -19,6 +19,72 @@ pub struct Metrics {
     reconcile_errors: IntCounterVec,
     reconcile_duration: HistogramVec,
     status_writes: IntCounterVec,
+    releases: ReleaseMetrics,
+}
+
+/// Release-specific metrics. Labels: `reason` and `phase` take values from the engine's
+/// fixed reason and phase names.
+#[derive(Clone)]
+pub struct ReleaseMetrics {
+    pub rollbacks: IntCounterVec,
+    pub stage_transitions: IntCounterVec,
+    pub step_duration: prometheus::Histogram,
+    pub lead_time: prometheus::Histogram,
+    pub by_phase: prometheus::IntGaugeVec,
+}
+
+impl ReleaseMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_rollbacks_total",
+                "Stages rolled back to their stable revision, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let stage_transitions = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_stage_transitions_total",
+                "Stages entering a phase, by phase.",
+            ),
+            &["phase"],
+        )?;
+        let step_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "stagecoach_step_duration_seconds",
+                "Time from a rollout step's start to its completion.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
+        )?;
+        let lead_time = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "stagecoach_deployment_lead_time_seconds",
+                "Deployment lead time: from a Release's creation until its last stage reached 100%.",
+            )
+            .buckets(vec![60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0, 259_200.0]),
+        )?;
+        let by_phase = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "stagecoach_releases",
+                "Releases known to the operator, by phase.",
+            ),
+            &["phase"],
+        )?;
+        registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(stage_transitions.clone()))?;
+        registry.register(Box::new(step_duration.clone()))?;
+        registry.register(Box::new(lead_time.clone()))?;
+        registry.register(Box::new(by_phase.clone()))?;
+        Ok(Self {
+            rollbacks,
+            stage_transitions,
+            step_duration,
+            lead_time,
+            by_phase,
+        })
+    }
 }
 
 impl Metrics {
@@ -68,12 +134,14 @@ impl Metrics {
             reconcile_duration.with_label_values(&[kind]);
             status_writes.with_label_values(&[kind]);
         }
+        let releases = ReleaseMetrics::new(&registry)?;
         Ok(Self {
             registry,
             reconciles,
             reconcile_errors,
             reconcile_duration,
             status_writes,
+            releases,
         })
     }
 
@@ -95,6 +163,11 @@ impl Metrics {
     /// Counts a status patch about to be sent.
     pub fn status_written(&self, kind: &str) {
         self.status_writes.with_label_values(&[kind]).inc();
+    }
+
+    /// The release metrics.
+    pub fn releases(&self) -> &ReleaseMetrics {
+        &self.releases
     }
 
     /// All metrics in the Prometheus text exposition format.

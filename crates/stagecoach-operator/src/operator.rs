@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Controller;
-use kube::{Api, Client, Resource};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt};
 use stagecoach_api::{FeatureToggle, Release};
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -15,7 +18,7 @@ use tracing::{error, info};
 use crate::admin::{self, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Context;
-use crate::controller::{self, release, toggle};
+use crate::controller::{self, release, toggle, workloads};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -59,14 +62,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         scoped_api::<FeatureToggle>(&client, namespace),
         toggle_sync.clone(),
     );
+    // The release controller also watches the stage namespaces: Deployments, their pods
+    // and the ControllerRevisions it records. Any change there re-plans the releases whose
+    // stages live in that namespace, which is what makes a failing pod reach a rollback
+    // within a reconcile.
+    let (deployment_cache, deployment_changes) = controller::cached_watch(
+        Api::<Deployment>::all(client.clone()),
+        readiness.cache("Deployment"),
+    );
+    let (pod_cache, pod_changes) =
+        controller::cached_watch(Api::<Pod>::all(client.clone()), readiness.cache("Pod"));
+    let (revision_cache, revision_changes) = controller::cached_watch_selected(
+        Api::<ControllerRevision>::all(client.clone()),
+        "app.kubernetes.io/managed-by=stagecoach",
+        readiness.cache("ControllerRevision"),
+    );
+    let release_ctx = Arc::new(release::ReleaseContext {
+        base: ctx.clone(),
+        releases: release_cache.clone(),
+        caches: workloads::WorkloadCaches {
+            deployments: deployment_cache,
+            pods: pod_cache,
+            revisions: revision_cache,
+        },
+    });
+    let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
+        move |namespace: Option<String>| {
+            let namespace = namespace.unwrap_or_default();
+            store
+                .state()
+                .iter()
+                .filter(|r| {
+                    workloads::WorkloadCaches::stage_namespaces(&r.spec).contains(&namespace)
+                })
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let deployment_mapper = by_namespace(release_cache.clone());
+    let pod_mapper = by_namespace(release_cache.clone());
+    let revision_mapper = by_namespace(release_cache.clone());
     let releases = Controller::for_stream(release_changes, release_cache)
+        .watches_stream(deployment_changes, move |d: Deployment| {
+            deployment_mapper(d.namespace())
+        })
+        .watches_stream(pod_changes, move |p: Pod| pod_mapper(p.namespace()))
+        .watches_stream(revision_changes, move |r: ControllerRevision| {
+            revision_mapper(r.namespace())
+        })
         .graceful_shutdown_on(shutdown.wait());
     let toggles =
         Controller::for_stream(toggle_changes, toggle_cache).graceful_shutdown_on(shutdown.wait());
 
     let release_loop = controller::drain(
         release::KIND,
-        releases.run(release::reconcile, release::error_policy, ctx.clone()),
+        releases.run(release::reconcile, release::error_policy, release_ctx),
         shutdown.clone(),
         release_sync,
     );

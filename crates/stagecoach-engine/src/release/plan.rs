@@ -349,6 +349,7 @@ impl<'a> Planner<'a> {
 
     // ----- a stage not yet entered -------------------------------------------------------
 
+    #[allow(clippy::too_many_lines)] // the preconditions of entering a stage, in order
     fn enter_stage(&mut self, index: usize) {
         let name = self.status.stages[index].name.clone();
         let namespace = self.status.stages[index].namespace.clone();

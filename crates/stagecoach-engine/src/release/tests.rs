@@ -2,7 +2,12 @@
 //! whole releases, driven through a small simulated world (a narrow in-memory fake of
 //! Deployments and pods; the real behaviour is covered by the end-to-end tests).
 
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::needless_pass_by_value,
+    clippy::single_match_else,
+    clippy::type_complexity
+)] // test fixtures
 
 use std::collections::BTreeMap;
 

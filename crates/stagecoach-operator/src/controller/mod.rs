@@ -8,6 +8,7 @@
 
 pub mod release;
 pub mod toggle;
+pub mod workloads;
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -56,8 +57,37 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    cached_watch_with(api, watcher::Config::default(), synced)
+}
+
+/// [`cached_watch`] of only the objects matching a label selector.
+pub fn cached_watch_selected<K>(
+    api: Api<K>,
+    labels: &str,
+    synced: CacheSync,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    cached_watch_with(api, watcher::Config::default().labels(labels), synced)
+}
+
+fn cached_watch_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    synced: CacheSync,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
-    let objects = watcher(api, watcher::Config::default())
+    let objects = watcher(api, config)
         .default_backoff()
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)

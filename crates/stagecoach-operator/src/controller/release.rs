@@ -1,15 +1,21 @@
-//! The Release controller. For now it decides and records whether a Release is
-//! accepted; the rollout planner plugs in at the plan step.
+//! The Release controller: observe the stage namespaces, ask the engine's planner what to
+//! do, do it, record it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use stagecoach_api::Release;
-use stagecoach_engine::acceptance::plan_release_status;
-use tracing::{debug, instrument};
+use stagecoach_api::release::ReleasePhase;
+use stagecoach_engine::release::observed::OtherRelease;
+use stagecoach_engine::release::{Plan, PlanInput, plan_release};
+use tracing::{debug, info, instrument, warn};
 
+use super::workloads::{self, WorkloadCaches};
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
@@ -20,13 +26,26 @@ use crate::retry::ObjectKey;
 /// The `kind` label and log field of this controller.
 pub const KIND: &str = "Release";
 
+/// Longest time between two reconciles of a release that is still moving.
+const ACTIVE_RESYNC: Duration = Duration::from_secs(300);
+
+/// What the release controller needs beyond the shared context.
+pub struct ReleaseContext {
+    pub base: Arc<Context>,
+    pub releases: Store<Release>,
+    pub caches: WorkloadCaches,
+}
+
 /// Reconciles one Release: observe -> plan -> apply.
 #[instrument(skip_all, fields(
     kind = KIND,
     namespace = %release.namespace().unwrap_or_default(),
     name = %release.name_any(),
 ))]
-pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    release: Arc<Release>,
+    ctx: Arc<ReleaseContext>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let (key, result) = match object_key(KIND, release.as_ref()) {
         Ok(key) => {
@@ -35,35 +54,188 @@ pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Actio
         }
         Err(error) => (None, Err(error)),
     };
-    record_outcome(&ctx, KIND, key.as_ref(), started, &result);
+    record_outcome(&ctx.base, KIND, key.as_ref(), started, &result);
+    update_phase_gauge(&ctx);
     result
+}
+
+/// When the object was created, as chrono time (the epoch when unknown).
+fn created_at(release: &Release) -> chrono::DateTime<chrono::Utc> {
+    release
+        .creation_timestamp()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0))
+        .unwrap_or_default()
+}
+
+/// The other Releases of the same application in the same namespace.
+fn siblings(release: &Release, store: &Store<Release>) -> Vec<OtherRelease> {
+    let namespace = release.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|other| {
+            other.namespace() == namespace
+                && other.name_any() != release.name_any()
+                && other.spec.application == release.spec.application
+                && other.metadata.deletion_timestamp.is_none()
+        })
+        .map(|other| {
+            let status = other.status.clone().unwrap_or_default();
+            OtherRelease {
+                name: other.name_any(),
+                created: created_at(other),
+                phase: status.phase,
+                stages: status
+                    .stages
+                    .iter()
+                    .map(|s| (s.name.clone(), s.phase))
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 async fn reconcile_release(
     release: &Release,
     key: &ObjectKey,
-    ctx: &Context,
+    ctx: &ReleaseContext,
 ) -> Result<Action, ReconcileError> {
-    // Observe (no client required): the object as the reflector cache has it.
+    if release.metadata.deletion_timestamp.is_some() {
+        // A deleted Release leaves every workload as it is.
+        return Ok(Action::await_change());
+    }
+    // Observe (no client required): caches only.
+    let observed = ctx.caches.observe(&release.name_any(), &release.spec);
+    let others = siblings(release, &ctx.releases);
+    let annotations: BTreeMap<String, String> = release.annotations().clone();
+    let gate_measurements = BTreeMap::new();
     let current = release.status.as_ref();
-    let generation = release.metadata.generation;
 
     // Plan (no client required).
-    let desired = plan_release_status(current, &release.spec, generation, status_now());
-    if current == Some(&desired) {
-        debug!("status up to date");
-        return Ok(Action::requeue(RESYNC_INTERVAL));
-    }
+    let plan = plan_release(&PlanInput {
+        name: &release.name_any(),
+        generation: release.metadata.generation,
+        created: created_at(release),
+        annotations: &annotations,
+        spec: &release.spec,
+        status: current,
+        observed: &observed,
+        gate_measurements: &gate_measurements,
+        others: &others,
+        now: status_now(),
+    });
 
     // Apply (client required).
-    apply_status::<Release>(ctx, key, &desired).await?;
-    let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    announce_acceptance(ctx, &release.object_ref(&()), before, &desired.conditions).await?;
-    Ok(Action::requeue(RESYNC_INTERVAL))
+    let status_changed = current != Some(&plan.status);
+    if plan.status_first && status_changed {
+        apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+    }
+    for action in &plan.actions {
+        debug!(?action, "applying");
+        workloads::execute(&ctx.base.client, &ctx.caches, &release.name_any(), action).await?;
+    }
+    if !plan.status_first && status_changed {
+        apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+    }
+    if status_changed {
+        let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        announce_acceptance(
+            &ctx.base,
+            &release.object_ref(&()),
+            before,
+            &plan.status.conditions,
+        )
+        .await?;
+        publish_events(ctx, release, &plan).await;
+        record_metrics(ctx, &plan);
+    }
+    let requeue = plan.requeue_after.unwrap_or(RESYNC_INTERVAL);
+    let terminal = matches!(
+        plan.status.phase,
+        Some(
+            ReleasePhase::Succeeded
+                | ReleasePhase::RolledBack
+                | ReleasePhase::Failed
+                | ReleasePhase::Superseded
+        )
+    );
+    let requeue = if terminal {
+        requeue
+    } else {
+        requeue.min(ACTIVE_RESYNC)
+    };
+    Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
+}
+
+async fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
+    let reference = release.object_ref(&());
+    for planned in &plan.events {
+        if planned.warning {
+            warn!(reason = planned.reason, message = %planned.message, "release event");
+        } else {
+            info!(reason = planned.reason, message = %planned.message, "release event");
+        }
+        let event = Event {
+            type_: if planned.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: planned.reason.to_owned(),
+            note: Some(planned.message.chars().take(1000).collect()),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        // Events are best effort: the timeline in status is the durable record.
+        if let Err(error) = ctx.base.recorder.publish(&event, &reference).await {
+            warn!(%error, "cannot publish event");
+        }
+    }
+}
+
+fn record_metrics(ctx: &ReleaseContext, plan: &Plan) {
+    let metrics = ctx.base.metrics.releases();
+    if let Some(reason) = plan.rollback_reason {
+        metrics.rollbacks.with_label_values(&[reason]).inc();
+    }
+    for (_, phase) in &plan.stage_transitions {
+        metrics
+            .stage_transitions
+            .with_label_values(&[&format!("{phase:?}")])
+            .inc();
+    }
+    if let Some(seconds) = plan.step_seconds {
+        metrics.step_duration.observe(seconds);
+    }
+    if let Some(seconds) = plan.lead_time_seconds {
+        #[allow(clippy::cast_precision_loss)] // seconds of lead time fit an f64 exactly
+        metrics.lead_time.observe(seconds as f64);
+    }
+}
+
+fn update_phase_gauge(ctx: &ReleaseContext) {
+    let gauge = &ctx.base.metrics.releases().by_phase;
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for release in ctx.releases.state() {
+        let phase = release
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
+        *counts.entry(phase).or_default() += 1;
+    }
+    gauge.reset();
+    for (phase, count) in counts {
+        gauge.with_label_values(&[&phase]).set(count);
+    }
 }
 
 /// What happens after a failed reconcile; see [`super::error_policy`].
 #[allow(clippy::needless_pass_by_value)] // the signature kube_runtime::Controller::run expects
-pub fn error_policy(release: Arc<Release>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    super::error_policy(KIND, release.as_ref(), error, &ctx)
+pub fn error_policy(
+    release: Arc<Release>,
+    error: &ReconcileError,
+    ctx: Arc<ReleaseContext>,
+) -> Action {
+    super::error_policy(KIND, release.as_ref(), error, &ctx.base)
 }

@@ -1,0 +1,379 @@
+//! The release controller's view of stage namespaces (observe) and its hands in them
+//! (apply): Deployments, their pods and the ControllerRevisions holding stable revisions.
+//!
+//! Observation reads only reflector caches. Actions are the engine's
+//! [`Action`](stagecoach_engine::release::Action)s carried out one by one.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use stagecoach_api::FIELD_MANAGER;
+use stagecoach_api::release::{ReleaseSpec, Workload};
+use stagecoach_engine::release::Action;
+use stagecoach_engine::release::observed::{
+    DeploymentState, PodHealth, RecordedRevision, StageObservation, WorkloadObservation,
+};
+use stagecoach_engine::release::rollout::{CANARY_LABEL, CANARY_ROLE, canary_name, revision_name};
+
+use crate::error::ReconcileError;
+
+/// Label on every object the operator creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "stagecoach");
+/// Label naming the Release a ControllerRevision belongs to.
+pub const RELEASE_LABEL: &str = "stagecoach.dev/release";
+/// Annotation with the hash of the template the operator applied to a canary.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "stagecoach.dev/template-hash";
+
+/// The caches the release controller observes through.
+#[derive(Clone)]
+pub struct WorkloadCaches {
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub revisions: Store<ControllerRevision>,
+}
+
+fn deployment_state(deployment: &Deployment) -> DeploymentState {
+    let spec = deployment.spec.clone().unwrap_or_default();
+    let status = deployment.status.clone().unwrap_or_default();
+    let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    DeploymentState {
+        generation: deployment.metadata.generation.unwrap_or(0),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        replicas: spec.replicas.unwrap_or(1),
+        current: status.replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        template: serde_json::to_value(&spec.template).unwrap_or(Value::Null),
+        deadline_exceeded,
+        applied_hash: deployment
+            .annotations()
+            .get(TEMPLATE_HASH_ANNOTATION)
+            .cloned(),
+    }
+}
+
+fn recorded(revision: &ControllerRevision) -> Option<RecordedRevision> {
+    let data = revision.data.as_ref()?.0.clone();
+    Some(RecordedRevision {
+        name: revision.name_any(),
+        hash: data.get("hash")?.as_str()?.to_owned(),
+        template: data.get("template")?.clone(),
+    })
+}
+
+/// Health of the pods selected by `deployment` whose named containers run the release's
+/// images.
+fn new_pod_health(
+    pods: &[std::sync::Arc<Pod>],
+    selector: &BTreeMap<String, String>,
+    workload: &Workload,
+) -> PodHealth {
+    let mut health = PodHealth::default();
+    for pod in pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let labels = pod.labels();
+        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        let runs_release = workload.containers.iter().all(|wanted| {
+            containers
+                .iter()
+                .any(|c| c.name == wanted.name && c.image.as_deref() == Some(wanted.image.as_str()))
+        });
+        if !runs_release {
+            continue;
+        }
+        health.total += 1;
+        let status = pod.status.clone().unwrap_or_default();
+        if status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            health.ready += 1;
+        }
+        let statuses = status.container_statuses.unwrap_or_default();
+        if statuses.iter().any(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("CrashLoopBackOff")
+        }) {
+            health.crash_looping += 1;
+        }
+        health.max_restarts = health
+            .max_restarts
+            .max(statuses.iter().map(|s| s.restart_count).max().unwrap_or(0));
+    }
+    health
+}
+
+impl WorkloadCaches {
+    /// What the release's workloads look like in every stage namespace.
+    pub fn observe(&self, release: &str, spec: &ReleaseSpec) -> BTreeMap<String, StageObservation> {
+        let pods_by_namespace = {
+            let mut map: BTreeMap<String, Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
+            let namespaces: Vec<String> = spec
+                .resolved_stages()
+                .into_iter()
+                .filter_map(|s| s.namespace)
+                .collect();
+            for pod in self.pods.state() {
+                let ns = pod.namespace().unwrap_or_default();
+                if namespaces.contains(&ns) {
+                    map.entry(ns).or_default().push(pod);
+                }
+            }
+            map
+        };
+        let mut observed = BTreeMap::new();
+        for stage in spec.resolved_stages() {
+            let Some(namespace) = stage.namespace else {
+                continue;
+            };
+            let mut workloads = BTreeMap::new();
+            for workload in &spec.workloads {
+                let get = |name: &str| {
+                    self.deployments
+                        .get(&ObjectRef::new(name).within(&namespace))
+                };
+                let stable = get(&workload.deployment);
+                let selector = stable
+                    .as_ref()
+                    .and_then(|d| d.spec.as_ref())
+                    .and_then(|s| s.selector.match_labels.clone())
+                    .unwrap_or_default();
+                let pods = pods_by_namespace
+                    .get(&namespace)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let observation = WorkloadObservation {
+                    stable: stable.as_deref().map(deployment_state),
+                    canary: get(&canary_name(&workload.deployment))
+                        .as_deref()
+                        .map(deployment_state),
+                    recorded: self
+                        .revisions
+                        .get(
+                            &ObjectRef::new(&revision_name(release, &workload.deployment))
+                                .within(&namespace),
+                        )
+                        .as_deref()
+                        .and_then(recorded),
+                    new_pods: if stable.is_some() {
+                        new_pod_health(pods, &selector, workload)
+                    } else {
+                        PodHealth::default()
+                    },
+                };
+                workloads.insert(workload.deployment.clone(), observation);
+            }
+            observed.insert(stage.name.clone(), StageObservation { workloads });
+        }
+        observed
+    }
+
+    /// The namespaces whose Deployments and pods matter to a release, for mapping watch
+    /// events back to releases.
+    pub fn stage_namespaces(spec: &ReleaseSpec) -> Vec<String> {
+        spec.resolved_stages()
+            .into_iter()
+            .filter_map(|s| s.namespace)
+            .collect()
+    }
+}
+
+fn apply_error(
+    action: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    move |source| ReconcileError::ApplyWorkload {
+        action,
+        namespace,
+        name,
+        source,
+    }
+}
+
+fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// Carries out one planned action.
+pub async fn execute(
+    client: &Client,
+    caches: &WorkloadCaches,
+    release: &str,
+    action: &Action,
+) -> Result<(), ReconcileError> {
+    match action {
+        Action::RecordStableRevision {
+            namespace,
+            deployment,
+            revision,
+            template,
+            hash,
+        } => {
+            let api: Api<ControllerRevision> = Api::namespaced(client.clone(), namespace);
+            let object: ControllerRevision = serde_json::from_value(json!({
+                "apiVersion": "apps/v1",
+                "kind": "ControllerRevision",
+                "metadata": {
+                    "name": revision,
+                    "labels": {MANAGED_BY.0: MANAGED_BY.1, RELEASE_LABEL: release, "stagecoach.dev/deployment": deployment},
+                },
+                "revision": 1,
+                "data": {"deployment": deployment, "hash": hash, "template": template},
+            }))
+            .map_err(ReconcileError::SerializeStatus)?;
+            match api.create(&PostParams::default(), &object).await {
+                // Never overwrite: the first record is the truth.
+                Ok(_) => Ok(()),
+                Err(e) if is_status(&e, 409) => Ok(()),
+                Err(e) => Err(apply_error(
+                    "record the stable revision of",
+                    namespace,
+                    deployment,
+                )(e)),
+            }
+        }
+        Action::ApplyCanary {
+            namespace,
+            deployment,
+            replicas,
+            template,
+            hash,
+        } => {
+            let stable = caches
+                .deployments
+                .get(&ObjectRef::new(deployment).within(namespace));
+            let mut selector = stable
+                .as_ref()
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default();
+            selector.insert(CANARY_LABEL.to_owned(), CANARY_ROLE.to_owned());
+            let name = canary_name(deployment);
+            let body = json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {MANAGED_BY.0: MANAGED_BY.1, RELEASE_LABEL: release, CANARY_LABEL: CANARY_ROLE},
+                    "annotations": {TEMPLATE_HASH_ANNOTATION: hash},
+                },
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": selector},
+                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+                    "template": template,
+                }
+            });
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(apply_error("apply the canary", namespace, &name))?;
+            Ok(())
+        }
+        Action::UpdateStable {
+            namespace,
+            deployment,
+            images,
+        } => {
+            let containers: Vec<Value> = images
+                .iter()
+                .map(|(name, image)| json!({"name": name, "image": image}))
+                .collect();
+            let body = json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": deployment, "namespace": namespace},
+                "spec": {
+                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+                    "template": {"spec": {"containers": containers}},
+                }
+            });
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            api.patch(
+                deployment,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(apply_error("update the images of", namespace, deployment))?;
+            Ok(())
+        }
+        Action::RestoreStable {
+            namespace,
+            deployment,
+            template,
+        } => {
+            // Replace the whole template (not a merge), read fresh, so what runs is
+            // exactly the recorded template; a conflict retries the reconcile.
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            let mut current = api
+                .get(deployment)
+                .await
+                .map_err(apply_error("read", namespace, deployment))?;
+            let recorded = serde_json::from_value(template.clone())
+                .map_err(ReconcileError::SerializeStatus)?;
+            if let Some(spec) = current.spec.as_mut() {
+                spec.template = recorded;
+            }
+            current.metadata.managed_fields = None;
+            api.replace(
+                deployment,
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.to_owned()),
+                    ..PostParams::default()
+                },
+                &current,
+            )
+            .await
+            .map_err(apply_error(
+                "restore the stable revision of",
+                namespace,
+                deployment,
+            ))?;
+            Ok(())
+        }
+        Action::DeleteCanary {
+            namespace,
+            deployment,
+        } => {
+            let name = canary_name(deployment);
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_status(&e, 404) => Ok(()),
+                Err(e) => Err(apply_error("delete the canary", namespace, &name)(e)),
+            }
+        }
+    }
+}
