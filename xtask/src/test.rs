@@ -17,6 +17,59 @@ fn cargo(args: &[&str]) -> Command {
     cmd
 }
 
+/// Tests counted across every `cargo test` run, for the closing summary line.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds the counts of a libtest summary line (`test result: ok. 3 passed; 0 failed; ...`).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, echoing its output and counting its results.
+fn run_tests(step: &str, mut cmd: Command, tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    eprintln!("\n==> {step}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {step}"))?;
+    let stdout = child.stdout.take().context("test output")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    eprintln!("<== {step}: ok in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn run(step: &str, mut cmd: Command) -> Result<()> {
     let started = Instant::now();
     eprintln!("\n==> {step}");
@@ -47,9 +100,11 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
     )?;
     eprintln!("\n==> cargo xtask gen --check");
     crdgen::run(true)?;
-    run(
+    let mut tally = Tally::default();
+    run_tests(
         "unit and property tests",
         cargo(&["test", "--workspace", "--exclude", "stagecoach-e2e"]),
+        &mut tally,
     )?;
     if skip_e2e {
         eprintln!("\nend-to-end tests skipped (--skip-e2e)");
@@ -81,6 +136,7 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
         "test",
         "-p",
         "stagecoach-e2e",
+        "--tests",
         "--",
         "--ignored",
         "--test-threads=4",
@@ -91,16 +147,19 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
             workspace_root().join("target/debug/stagecoach"),
         )
         .env("HELM_BIN", bin_dir.join("helm"));
-    let result = run("end-to-end tests against the real control plane", e2e);
+    let result = run_tests("end-to-end tests against the real control plane", e2e, &mut tally);
     if result.is_err() {
         cluster.print_logs_hint();
     }
     eprintln!("\n==> control plane down");
     cluster.down()?;
-    result?;
     eprintln!(
-        "\nall checks passed in {:.0}s",
+        "\n{} in {:.0}s",
+        if result.is_ok() { "all checks passed" } else { "FAILED" },
         started.elapsed().as_secs_f64()
     );
+    // One plain closing line for whoever reads the log's end.
+    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    result?;
     Ok(())
 }
