@@ -27,6 +27,8 @@ pub mod reason {
     pub const INVALID_DURATION: &str = "InvalidDuration";
     /// A FeatureToggle names a variant that is not among `spec.variants`.
     pub const UNKNOWN_VARIANT: &str = "UnknownVariant";
+    /// A stage configures a gate kind whose provider this operator version lacks.
+    pub const UNSUPPORTED_GATE: &str = "UnsupportedGate";
 }
 
 /// Why a spec cannot be acted on.
@@ -62,9 +64,27 @@ pub fn check_release(spec: &ReleaseSpec) -> Result<(), Rejection> {
     if let Some(stages) = &spec.stages {
         for (index, stage) in stages.iter().enumerate() {
             check_stage_durations(index, stage)?;
+            check_gate_providers(index, stage)?;
         }
     }
     Ok(())
+}
+
+/// Gate providers (Prometheus, HTTP, Job) are not part of this operator version yet. A
+/// gate nobody can measure would stay Inconclusive and fail the stage at its deadline;
+/// refusing the spec up front says why instead.
+fn check_gate_providers(index: usize, stage: &Stage) -> Result<(), Rejection> {
+    match stage.gates.first() {
+        None => Ok(()),
+        Some(gate) => Err(Rejection::new(
+            reason::UNSUPPORTED_GATE,
+            format!(
+                "spec.stages[{index}].gates[0] ({}): this version of the operator evaluates only \
+                 the built-in workload-health gate; remove the gates list or upgrade the operator",
+                gate.name
+            ),
+        )),
+    }
 }
 
 fn check_version(version: &str) -> Result<(), Rejection> {

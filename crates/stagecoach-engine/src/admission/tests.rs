@@ -136,6 +136,16 @@ fn explicit_stages_with_all_durations_are_accepted() {
     prod.early_life_support = Some(EarlyLifeSupport {
         duration: Some("48h".into()),
     });
+    let spec = ReleaseSpec {
+        stages: Some(vec![stage("dev"), prod]),
+        ..release()
+    };
+    assert_eq!(check_release(&spec), Ok(()));
+}
+
+#[test]
+fn configured_gates_wait_for_their_providers() {
+    let mut prod = stage("prod");
     let mut health = gate("smoke");
     health.interval = Some("30s".into());
     prod.gates = vec![health];
@@ -143,7 +153,9 @@ fn explicit_stages_with_all_durations_are_accepted() {
         stages: Some(vec![stage("dev"), prod]),
         ..release()
     };
-    assert_eq!(check_release(&spec), Ok(()));
+    let rejection = check_release(&spec).expect_err("gates are not supported yet");
+    assert_eq!(rejection.reason, reason::UNSUPPORTED_GATE);
+    assert!(rejection.message.contains("smoke"), "{}", rejection.message);
 }
 
 #[test]

@@ -145,7 +145,12 @@ pub fn workload_health(
         match target {
             HealthTarget::Canary { weight } => {
                 let expected = super::rollout::canary_replicas(weight, stable.replicas);
-                let ready = observed.canary.as_ref().map_or(0, |c| c.ready);
+                // Ready pods on the new images are the canary's: the stable Deployment
+                // is untouched below 100 %. Pods are the first to know (the Deployment's
+                // readyReplicas follows later).
+                let ready = pods
+                    .ready
+                    .min(observed.canary.as_ref().map_or(0, |c| c.replicas));
                 if observed
                     .canary
                     .as_ref()

@@ -40,6 +40,9 @@ pub const TIMELINE_LIMIT: usize = 50;
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 /// Default early life support.
 pub const DEFAULT_EARLY_LIFE_SUPPORT: Duration = Duration::from_secs(48 * 3600);
+/// Longest wait between two looks at a step that waits for pods: watch events normally
+/// come first, this is the safety net.
+pub const WAIT_POLL: Duration = Duration::from_secs(5);
 /// Annotation that ends a pause without duration: `<stage>/<step index>`.
 pub const PROMOTE_ANNOTATION: &str = "stagecoach.dev/promote";
 
@@ -644,7 +647,9 @@ impl<'a> Planner<'a> {
                     self.gate_summary(index)
                 ));
                 if decision == GateDecision::Wait {
-                    self.requeue(remaining(now, deadline_at).max(Duration::from_secs(1)));
+                    self.requeue(
+                        remaining(now, deadline_at).clamp(Duration::from_secs(1), WAIT_POLL),
+                    );
                 }
                 decision == GateDecision::Pass && self.plan.actions.is_empty()
             } else {
@@ -678,7 +683,9 @@ impl<'a> Planner<'a> {
                     self.gate_summary(index)
                 ));
                 if decision == GateDecision::Wait {
-                    self.requeue(remaining(now, deadline_at).max(Duration::from_secs(1)));
+                    self.requeue(
+                        remaining(now, deadline_at).clamp(Duration::from_secs(1), WAIT_POLL),
+                    );
                 }
                 let done = decision == GateDecision::Pass && self.plan.actions.is_empty();
                 if done {
