@@ -51,7 +51,9 @@ fn target_cluster() -> Result<PathBuf> {
     if cluster.is_running() {
         eprintln!("using the running local control plane");
     } else {
-        eprintln!("starting the local control plane (`cargo xtask cluster down --name demo` stops it)");
+        eprintln!(
+            "starting the local control plane (`cargo xtask cluster down --name demo` stops it)"
+        );
         cluster.up()?;
     }
     Ok(cluster.kubeconfig())
@@ -115,8 +117,14 @@ fn release_lines(kubeconfig: &Path) -> Result<Vec<(String, String, String)>> {
     let list: serde_json::Value = serde_json::from_str(&json)?;
     let mut out = Vec::new();
     for item in list["items"].as_array().into_iter().flatten() {
-        let name = item["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        let phase = item["status"]["phase"].as_str().unwrap_or("Pending").to_owned();
+        let name = item["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let phase = item["status"]["phase"]
+            .as_str()
+            .unwrap_or("Pending")
+            .to_owned();
         let stages: Vec<String> = item["status"]["stages"]
             .as_array()
             .into_iter()
@@ -134,7 +142,11 @@ fn release_lines(kubeconfig: &Path) -> Result<Vec<(String, String, String)>> {
                 format!("{stage} {mark}")
             })
             .collect();
-        out.push((name, phase.clone(), format!("{} | {}", stages.join(" > "), phase)));
+        out.push((
+            name,
+            phase.clone(),
+            format!("{} | {}", stages.join(" > "), phase),
+        ));
     }
     out.sort();
     Ok(out)
@@ -153,7 +165,10 @@ fn watch_releases(
         if lines != last {
             for (name, _, progress) in &lines {
                 if !last.iter().any(|(n, _, p)| n == name && p == progress) {
-                    println!("[{:>4}s] {name:<15} {progress}", started.elapsed().as_secs());
+                    println!(
+                        "[{:>4}s] {name:<15} {progress}",
+                        started.elapsed().as_secs()
+                    );
                 }
             }
             last = lines;
@@ -162,7 +177,10 @@ fn watch_releases(
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(300) {
-            bail!("the releases did not get there within 5 minutes; operator log {}", operator.log.display());
+            bail!(
+                "the releases did not get there within 5 minutes; operator log {}",
+                operator.log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -194,9 +212,9 @@ pub fn run(keep_running: bool) -> Result<()> {
     let started = Instant::now();
     watch_releases(&kubeconfig, &operator, started, |releases| {
         ["billing-2.4.0", "reports-1.8.0"].iter().all(|name| {
-            releases
-                .iter()
-                .any(|(n, phase, _)| n == name && matches!(phase.as_str(), "EarlyLifeSupport" | "Succeeded"))
+            releases.iter().any(|(n, phase, _)| {
+                n == name && matches!(phase.as_str(), "EarlyLifeSupport" | "Succeeded")
+            })
         })
     })?;
 
@@ -211,13 +229,24 @@ pub fn run(keep_running: bool) -> Result<()> {
     println!("\n$ kubectl get releases -A");
     print!("{}", kubectl(&kubeconfig, &["get", "releases", "-A"])?);
     println!("\n$ kubectl get featuretoggles -A");
-    print!("{}", kubectl(&kubeconfig, &["get", "featuretoggles", "-A"])?);
+    print!(
+        "{}",
+        kubectl(&kubeconfig, &["get", "featuretoggles", "-A"])?
+    );
     println!("\nwhy billing-2.5.0 was rolled back:");
     print!(
         "{}",
         kubectl(
             &kubeconfig,
-            &["get", "release", "-n", "billing", "billing-2.5.0", "-o", "jsonpath={range .status.rollbacks[*]}  {.stage}: {.reason}: {.message}{\"\\n\"}{end}"],
+            &[
+                "get",
+                "release",
+                "-n",
+                "billing",
+                "billing-2.5.0",
+                "-o",
+                "jsonpath={range .status.rollbacks[*]}  {.stage}: {.reason}: {.message}{\"\\n\"}{end}"
+            ],
         )?
     );
     println!("\n$ kubectl get deployments -A -l app=billing-api (images)");
@@ -245,6 +274,8 @@ pub fn run(keep_running: bool) -> Result<()> {
         }
     }
     drop(operator);
-    println!("operator stopped; `cargo xtask cluster down --name demo` stops the local control plane");
+    println!(
+        "operator stopped; `cargo xtask cluster down --name demo` stops the local control plane"
+    );
     Ok(())
 }

@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Benchmarks: rollback latency, step overhead, OFREP throughput and memory, on a
+    /// fresh control plane with a release build of the operator.
+    Bench,
     /// The local test control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).
     Cluster {
         #[command(subcommand)]
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen { check } => crdgen::run(check),
         Command::Test { skip_e2e } => test::run_all(skip_e2e),
+        Command::Bench => test::run_benchmarks(),
         Command::Demo { keep_running } => demo::run(keep_running),
         Command::Cluster { action, name } => {
             let cluster = cluster::Cluster::named(&name);

@@ -147,7 +147,11 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
             workspace_root().join("target/debug/stagecoach"),
         )
         .env("HELM_BIN", bin_dir.join("helm"));
-    let result = run_tests("end-to-end tests against the real control plane", e2e, &mut tally);
+    let result = run_tests(
+        "end-to-end tests against the real control plane",
+        e2e,
+        &mut tally,
+    );
     if result.is_err() {
         cluster.print_logs_hint();
     }
@@ -155,11 +159,53 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
     cluster.down()?;
     eprintln!(
         "\n{} in {:.0}s",
-        if result.is_ok() { "all checks passed" } else { "FAILED" },
+        if result.is_ok() {
+            "all checks passed"
+        } else {
+            "FAILED"
+        },
         started.elapsed().as_secs_f64()
     );
     // One plain closing line for whoever reads the log's end.
     println!("summary: {} passed, {} failed", tally.passed, tally.failed);
     result?;
     Ok(())
+}
+
+/// `cargo xtask bench`: the benchmarks (rollback latency, step overhead, OFREP
+/// throughput and memory) against a fresh control plane and a release build of the
+/// operator. They print their numbers; they assert nothing about speed.
+pub fn run_benchmarks() -> Result<()> {
+    run(
+        "release build of the operator",
+        cargo(&["build", "--release", "-p", "stagecoach-operator"]),
+    )?;
+    let bin_dir = build::ensure_binaries(false)?;
+    let cluster = Cluster::named("bench");
+    if cluster.is_running() {
+        cluster.down()?;
+    }
+    cluster.up()?;
+    let mut bench = cargo(&[
+        "test",
+        "-p",
+        "stagecoach-e2e",
+        "--tests",
+        "--",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "bench_",
+    ]);
+    bench
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("STAGECOACH_BENCH", "1")
+        .env(
+            "STAGECOACH_BIN",
+            workspace_root().join("target/release/stagecoach"),
+        )
+        .env("STAGECOACH_CONTROL_PLANE", &bin_dir);
+    let result = run("benchmarks", bench);
+    cluster.down()?;
+    result
 }
