@@ -142,3 +142,39 @@ async fn a_ready_pod_marked_unhealthy_turns_not_ready() -> Result<()> {
     .await?;
     ns.delete().await
 }
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn a_job_runs_to_completion() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "job").await?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "smoke"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "smoke", "image": "example/smoke-tests:1.0.0"}]
+            }}
+        }
+    }))?;
+    jobs.create(&PostParams::default(), &job).await?;
+    // The real Job controller creates the pod, kwok runs it to completion, and the Job
+    // controller marks the Job complete.
+    eventually(Duration::from_secs(60), || async {
+        let job = jobs.get("smoke").await?;
+        let complete = job
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True");
+        Ok(complete.then_some(()))
+    })
+    .await?;
+    ns.delete().await
+}
