@@ -211,7 +211,7 @@ pub struct Stage {
 
     /// Rollout steps, run in order. A setWeight step runs that percentage of pods on the
     /// new version (a canary next to the unchanged Deployment; 100 updates the Deployment
-    /// itself); a pause step waits for its duration, or until resumed when it has none.
+    /// itself); a pause step waits for its duration, or until promoted (kubectl stagecoach promote) when it has none.
     /// Weights must strictly increase and the last one must be 100. Default: one step,
     /// setWeight 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
