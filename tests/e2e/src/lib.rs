@@ -5,15 +5,19 @@
 //! pretend to run them; `cargo xtask test` runs them with `--ignored`. Every test works
 //! in a fresh namespace labelled [`E2E_LABEL`], deleted at the end.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use tokio::process::{Child, Command};
 
 /// Label on every namespace a test creates.
 pub const E2E_LABEL: &str = "stagecoach.dev/e2e";
@@ -158,7 +162,13 @@ impl TestNamespace {
     /// Creates `e2e-<prefix>-<random>` labelled [`E2E_LABEL`].
     pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
         let suffix = format!("{:x}", rand_suffix());
-        let name = format!("e2e-{prefix}-{suffix}");
+        Self::create_named(client, &format!("e2e-{prefix}-{suffix}")).await
+    }
+
+    /// Creates the namespace `name` labelled [`E2E_LABEL`], so that
+    /// [`delete_test_namespaces`] catches it too.
+    pub async fn create_named(client: &Client, name: &str) -> Result<Self> {
+        let name = name.to_owned();
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -202,6 +212,11 @@ pub async fn delete_test_namespaces(client: &Client) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// A random number below `bound` (not for cryptography: delays and name suffixes).
+pub fn random_below(bound: u64) -> u64 {
+    u64::from(rand_suffix()) % bound.max(1)
 }
 
 fn rand_suffix() -> u32 {
@@ -259,4 +274,325 @@ pub fn deployment(name: &str, image: &str, replicas: i32) -> serde_json::Value {
             }
         }
     })
+}
+
+/// Pod template annotations that make kwok take a pod to Ready in about one second
+/// (half a second to start, half a second to turn Ready) instead of its default 2-12 s.
+/// kwok reads each `*-jitter-delay` as the upper bound of the delay; when it is not above
+/// the stage's fixed delay it is the delay itself.
+pub const FAST_POD_ANNOTATIONS: [(&str, &str); 2] = [
+    ("pod-create.stage.kwok.x-k8s.io/jitter-delay", "500ms"),
+    ("pod-ready.stage.kwok.x-k8s.io/jitter-delay", "500ms"),
+];
+
+/// [`deployment`] whose pods become Ready in about a second (see [`FAST_POD_ANNOTATIONS`]).
+pub fn deployment_with_fast_pods(name: &str, image: &str, replicas: i32) -> serde_json::Value {
+    let mut doc = deployment(name, image, replicas);
+    let annotations: serde_json::Map<String, serde_json::Value> = FAST_POD_ANNOTATIONS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    doc["spec"]["template"]["metadata"]["annotations"] = serde_json::Value::Object(annotations);
+    doc
+}
+
+/// Waits until the Deployment has `replicas` ready pods, all on its current template.
+pub async fn wait_until_rolled_out(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    eventually(timeout, || {
+        let api = api.clone();
+        async move {
+            let d = api.get(name).await?;
+            let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let generation = d.metadata.generation.unwrap_or(0);
+            let s = d.status.unwrap_or_default();
+            let done = s.observed_generation.unwrap_or(0) >= generation
+                && s.updated_replicas.unwrap_or(0) == wanted
+                && s.replicas.unwrap_or(0) == wanted
+                && s.ready_replicas.unwrap_or(0) == wanted;
+            Ok(done.then_some(()))
+        }
+    })
+    .await
+    .with_context(|| format!("Deployment {namespace}/{name} never rolled out"))
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Why the pod's first waiting container waits (such as CrashLoopBackOff), if one does.
+pub fn pod_waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
+}
+
+/// The image of the pod's container `app` (the container a [`Pipeline`] releases).
+pub fn pod_image(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == "app"))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Name of the Deployment every stage of a [`Pipeline`] runs.
+pub const PIPELINE_DEPLOYMENT: &str = "api";
+
+/// A release pipeline for one test: a namespace for the Release and one namespace per
+/// stage, `<release namespace>-<stage>`, each running the Deployment
+/// [`PIPELINE_DEPLOYMENT`] (one container `app`, pods Ready in about a second). Every
+/// namespace is labelled [`E2E_LABEL`]; [`Pipeline::delete`] removes them all.
+pub struct Pipeline {
+    /// Where the Releases live (and the namespace the test's operator watches).
+    pub home: TestNamespace,
+    /// (stage name, its namespace), in pipeline order.
+    pub stages: Vec<(String, TestNamespace)>,
+}
+
+impl Pipeline {
+    /// Creates the namespaces and the Deployments (`replicas` per stage), and waits until
+    /// every Deployment is fully rolled out.
+    pub async fn create(
+        client: &Client,
+        prefix: &str,
+        stages: &[(&str, i32)],
+        image: &str,
+    ) -> Result<Self> {
+        let home = TestNamespace::create(client, prefix).await?;
+        let mut pipeline = Self {
+            home,
+            stages: Vec::new(),
+        };
+        for (stage, replicas) in stages {
+            let name = format!("{}-{stage}", pipeline.home.name);
+            let ns = TestNamespace::create_named(client, &name).await?;
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+            let doc = deployment_with_fast_pods(PIPELINE_DEPLOYMENT, image, *replicas);
+            api.create(&PostParams::default(), &serde_json::from_value(doc)?)
+                .await
+                .with_context(|| format!("creating the Deployment in {name}"))?;
+            pipeline.stages.push(((*stage).to_owned(), ns));
+        }
+        for (_, ns) in &pipeline.stages {
+            wait_until_rolled_out(
+                client,
+                &ns.name,
+                PIPELINE_DEPLOYMENT,
+                Duration::from_secs(60),
+            )
+            .await?;
+        }
+        Ok(pipeline)
+    }
+
+    /// The namespace of a stage.
+    ///
+    /// # Panics
+    /// When the pipeline has no such stage (a mistake in the test).
+    pub fn namespace(&self, stage: &str) -> &str {
+        self.stages
+            .iter()
+            .find(|(name, _)| name == stage)
+            .map_or_else(
+                || panic!("the pipeline has no stage {stage}"),
+                |(_, ns)| ns.name.as_str(),
+            )
+    }
+
+    /// The stage namespaces, in pipeline order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().map(|(_, ns)| ns.name.as_str())
+    }
+
+    /// Deletes every namespace of the pipeline.
+    pub async fn delete(self) -> Result<()> {
+        for (_, ns) in self.stages {
+            ns.delete().await?;
+        }
+        self.home.delete().await
+    }
+}
+
+/// A Release manifest for `application` setting the container `app` of
+/// [`PIPELINE_DEPLOYMENT`] to `image`, with the given `spec.stages`.
+pub fn release_manifest(
+    name: &str,
+    application: &str,
+    version: &str,
+    image: &str,
+    stages: &[serde_json::Value],
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "stagecoach.dev/v1alpha1",
+        "kind": "Release",
+        "metadata": {"name": name},
+        "spec": {
+            "application": application,
+            "version": version,
+            "changes": [{"id": format!("E2E-{version}"), "title": format!("{application} {version}")}],
+            "workloads": [{"deployment": PIPELINE_DEPLOYMENT, "containers": [{"name": "app", "image": image}]}],
+            "stages": stages,
+        }
+    })
+}
+
+/// A TCP port on 127.0.0.1 that is free right now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The operator binary: STAGECOACH_BIN, or the workspace's debug build.
+pub fn operator_binary() -> PathBuf {
+    std::env::var_os("STAGECOACH_BIN").map_or_else(
+        || repo_root().join("target/debug/stagecoach"),
+        PathBuf::from,
+    )
+}
+
+/// A `stagecoach run` process started by a test, with its own admin port and a JSON log
+/// file. Dropping it kills the process.
+pub struct Operator {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator watching Releases and FeatureToggles in `namespace` only, so
+    /// that operators of tests running at the same time never act on each other's
+    /// releases.
+    pub fn start(name: &str, namespace: &str) -> Result<Self> {
+        let port = free_port()?;
+        let ofrep_port = free_port()?;
+        let admin = format!("http://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("stagecoach-e2e-{name}-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let binary = operator_binary();
+        if !binary.exists() {
+            bail!(
+                "{} does not exist: build it with `cargo build -p stagecoach-operator`",
+                binary.display()
+            );
+        }
+        let child = Command::new(&binary)
+            .args([
+                "run",
+                "--namespace",
+                namespace,
+                "--admin-addr",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+            ])
+            // Its OFREP server too needs a port of its own (older builds ignore this).
+            .env("STAGECOACH_OFREP_ADDR", format!("127.0.0.1:{ofrep_port}"))
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        println!("operator log: {}", log.display());
+        Ok(Self { child, admin, log })
+    }
+
+    /// [`Operator::start`], then waits until `/readyz` answers 200 (caches synced).
+    pub async fn start_ready(name: &str, namespace: &str) -> Result<Self> {
+        let operator = Self::start(name, namespace)?;
+        operator.wait_ready().await?;
+        Ok(operator)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) -> Result<()> {
+        eventually(Duration::from_secs(30), || async {
+            Ok(self
+                .get("/readyz")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ()))
+        })
+        .await
+        .with_context(|| format!("operator never became ready; log:\n{}", self.log_text()))
+    }
+
+    /// GET on the admin server: (status code, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let response = reqwest::get(format!("{}{path}", self.admin)).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// The value of a counter, summed over the label sets whose text contains `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> Result<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        Ok(body
+            .lines()
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Where the log is written.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().context("operator already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("could not send SIGTERM to the operator (pid {pid})");
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .context("operator did not stop within 15s of SIGTERM")??;
+        if !exit.success() {
+            bail!(
+                "operator exited with {exit} after SIGTERM; log:\n{}",
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL (no chance to finish anything), and wait until the process is gone.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.start_kill().context("sending SIGKILL")?;
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .context("operator still alive 10s after SIGKILL")??;
+        Ok(())
+    }
 }

@@ -8,103 +8,13 @@
     clippy::semicolon_if_nothing_returned
 )] // test tables
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use stagecoach_e2e::{TestNamespace, client, eventually, install_crds, repo_root};
-use tokio::process::{Child, Command};
-
-/// The operator binary: STAGECOACH_BIN, or the workspace's debug build.
-fn operator_binary() -> PathBuf {
-    std::env::var_os("STAGECOACH_BIN").map_or_else(
-        || repo_root().join("target/debug/stagecoach"),
-        PathBuf::from,
-    )
-}
-
-struct Operator {
-    child: Child,
-    admin: String,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(name: &str) -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let admin = format!("http://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("stagecoach-e2e-{name}-{port}.log"));
-        let file = std::fs::File::create(&log)?;
-        let binary = operator_binary();
-        if !binary.exists() {
-            bail!(
-                "{} does not exist: build it with `cargo build -p stagecoach-operator`",
-                binary.display()
-            );
-        }
-        let child = Command::new(&binary)
-            .args([
-                "run",
-                "--admin-addr",
-                &format!("127.0.0.1:{port}"),
-                "--log-format",
-                "json",
-            ])
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        println!("operator log: {}", log.display());
-        Ok(Self { child, admin, log })
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let response = reqwest::get(format!("{}{path}", self.admin)).await?;
-        let status = response.status().as_u16();
-        Ok((status, response.text().await?))
-    }
-
-    /// The value of one sample of a counter, summed over label sets that contain `labels`.
-    async fn metric(&self, name: &str, labels: &str) -> Result<f64> {
-        let (_, body) = self.get("/metrics").await?;
-        Ok(body
-            .lines()
-            .filter(|l| {
-                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    async fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().context("operator already exited")?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .context("operator did not stop within 15s of SIGTERM")??;
-        if !exit.success() {
-            bail!(
-                "operator exited with {exit} after SIGTERM; log:\n{}",
-                self.log_text()
-            );
-        }
-        Ok(())
-    }
-}
+use stagecoach_e2e::{Operator, TestNamespace, client, eventually, install_crds};
 
 fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("stagecoach.dev", "v1alpha1", kind));
@@ -137,7 +47,7 @@ async fn operator_accepts_releases_and_toggles_and_is_quiet_when_nothing_changes
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "operator").await?;
-    let operator = Operator::start("accept")?;
+    let operator = Operator::start("accept", &ns.name)?;
 
     // /livez answers at once; /readyz only once the caches have synced.
     eventually(Duration::from_secs(30), || async {

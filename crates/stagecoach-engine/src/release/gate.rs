@@ -67,13 +67,17 @@ pub fn tally(
         failures: 0,
         last_evaluated_at: None,
     });
-    let is_new = status.last_evaluated_at.is_none_or(|t| measurement.at > t);
     let changed = status.verdict != measurement.verdict || status.message != measurement.message;
-    // A gate that decides on one measurement only records changes, so re-measuring the
-    // same state every reconcile writes nothing; a gate that counts records every new
-    // measurement.
-    let counts_repeats = model != GateModel::IMMEDIATE;
-    if is_new && (changed || counts_repeats) {
+    // A gate that decides on one measurement records every change and nothing else, so
+    // re-measuring the same state every reconcile writes nothing, and a change within the
+    // same second as the last one (status times are whole seconds) still counts. A gate
+    // that counts records each measurement newer than the last one it counted.
+    let record = if model == GateModel::IMMEDIATE {
+        changed
+    } else {
+        status.last_evaluated_at.is_none_or(|t| measurement.at > t)
+    };
+    if record {
         match measurement.verdict {
             GateVerdict::Passing => status.successes += 1,
             GateVerdict::Failing => status.failures += 1,
@@ -248,6 +252,31 @@ mod tests {
         assert_eq!((s3.failures, d3), (1, GateDecision::Wait));
         let (s4, d4) = tally("g", Some(&s3), &m(GateVerdict::Failing, 4), model);
         assert_eq!((s4.failures, d4), (2, GateDecision::Fail));
+    }
+
+    #[test]
+    fn the_built_in_gate_records_a_change_within_the_same_second() {
+        let (s1, d1) = tally(
+            "g",
+            None,
+            &m(GateVerdict::Inconclusive, 5),
+            GateModel::IMMEDIATE,
+        );
+        assert_eq!(d1, GateDecision::Wait);
+        let same_second = Measurement {
+            verdict: GateVerdict::Passing,
+            message: "ready".into(),
+            at: at(5),
+        };
+        let (s2, d2) = tally("g", Some(&s1), &same_second, GateModel::IMMEDIATE);
+        assert_eq!(d2, GateDecision::Pass);
+        // And re-measuring the same state later changes nothing.
+        let later = Measurement {
+            at: at(9),
+            ..same_second
+        };
+        let (s3, _) = tally("g", Some(&s2), &later, GateModel::IMMEDIATE);
+        assert_eq!(s3, s2);
     }
 
     #[test]

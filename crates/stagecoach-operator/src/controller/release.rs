@@ -125,29 +125,19 @@ async fn reconcile_release(
         now: status_now(),
     });
 
-    // Apply (client required).
+    // Apply (client required). A rollback is recorded (status, Events, metrics) before
+    // its actions, so neither a crash nor a failing action can lose the decision; anything
+    // else changes the workloads first and records the step once the change is made.
     let status_changed = current != Some(&plan.status);
     if plan.status_first && status_changed {
-        apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+        record(ctx, release, key, current, &plan).await?;
     }
     for action in &plan.actions {
         debug!(?action, "applying");
         workloads::execute(&ctx.base.client, &ctx.caches, &release.name_any(), action).await?;
     }
     if !plan.status_first && status_changed {
-        apply_status::<Release>(&ctx.base, key, &plan.status).await?;
-    }
-    if status_changed {
-        let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-        announce_acceptance(
-            &ctx.base,
-            &release.object_ref(&()),
-            before,
-            &plan.status.conditions,
-        )
-        .await?;
-        publish_events(ctx, release, &plan).await;
-        record_metrics(ctx, &plan);
+        record(ctx, release, key, current, &plan).await?;
     }
     let requeue = plan.requeue_after.unwrap_or(RESYNC_INTERVAL);
     let terminal = matches!(
@@ -167,6 +157,27 @@ async fn reconcile_release(
     Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
 }
 
+/// Writes the planned status, then its Events and metrics.
+async fn record(
+    ctx: &ReleaseContext,
+    release: &Release,
+    key: &ObjectKey,
+    current: Option<&stagecoach_api::ReleaseStatus>,
+    plan: &Plan,
+) -> Result<(), ReconcileError> {
+    apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+    record_metrics(ctx, plan);
+    publish_events(ctx, release, plan).await;
+    let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    announce_acceptance(
+        &ctx.base,
+        &release.object_ref(&()),
+        before,
+        &plan.status.conditions,
+    )
+    .await
+}
+
 async fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
     let reference = release.object_ref(&());
     for planned in &plan.events {
@@ -183,7 +194,10 @@ async fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
             },
             reason: planned.reason.to_owned(),
             note: Some(planned.message.chars().take(1000).collect()),
-            action: "Rollout".into(),
+            // The recorder folds Events with the same type, reason and action into one
+            // series; the message as action keeps "stage qa started" apart from "stage
+            // dev started" while a real repeat still folds.
+            action: planned.message.chars().take(128).collect(),
             secondary: None,
         };
         // Events are best effort: the timeline in status is the durable record.
