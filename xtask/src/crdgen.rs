@@ -52,7 +52,13 @@ fn reflow_descriptions(value: &mut serde_json::Value) {
                 {
                     *text = text
                         .split("\n\n")
-                        .map(|paragraph| paragraph.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                        .map(|paragraph| {
+                            paragraph
+                                .split('\n')
+                                .map(str::trim)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
                         .collect::<Vec<_>>()
                         .join("\n\n");
                 } else {
