@@ -259,8 +259,11 @@ pub fn run(keep_running: bool) -> Result<()> {
         .unwrap_or_default()
         .lines()
         .filter(|l| l.starts_with("NAMESPACE") || l.contains("billing"))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>()
+        .fold(String::new(), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
     );
 
     println!(
