@@ -28,7 +28,7 @@ pub enum ReconcileError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 

@@ -26,6 +26,7 @@ use crate::shutdown::Shutdown;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Runs the operator until SIGTERM or Ctrl-C; returns once everything has stopped.
+#[allow(clippy::too_many_lines)] // the wiring of every cache, controller and server, in one place
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.context(
         "cannot configure the Kubernetes client: set KUBECONFIG, or run in a pod with a \

@@ -209,10 +209,10 @@ fn apply_error(
 ) -> impl FnOnce(kube::Error) -> ReconcileError {
     let (namespace, name) = (namespace.to_owned(), name.to_owned());
     move |source| ReconcileError::ApplyWorkload {
+        source: Box::new(source),
         action,
         namespace,
         name,
-        source,
     }
 }
 
@@ -235,28 +235,10 @@ pub async fn execute(
             template,
             hash,
         } => {
-            let api: Api<ControllerRevision> = Api::namespaced(client.clone(), namespace);
-            let object: ControllerRevision = serde_json::from_value(json!({
-                "apiVersion": "apps/v1",
-                "kind": "ControllerRevision",
-                "metadata": {
-                    "name": revision,
-                    "labels": {MANAGED_BY.0: MANAGED_BY.1, RELEASE_LABEL: release, "stagecoach.dev/deployment": deployment},
-                },
-                "revision": 1,
-                "data": {"deployment": deployment, "hash": hash, "template": template},
-            }))
-            .map_err(ReconcileError::SerializeStatus)?;
-            match api.create(&PostParams::default(), &object).await {
-                // Never overwrite: the first record is the truth.
-                Ok(_) => Ok(()),
-                Err(e) if is_status(&e, 409) => Ok(()),
-                Err(e) => Err(apply_error(
-                    "record the stable revision of",
-                    namespace,
-                    deployment,
-                )(e)),
-            }
+            record_revision(
+                client, release, namespace, deployment, revision, template, hash,
+            )
+            .await
         }
         Action::ApplyCanary {
             namespace,
@@ -265,115 +247,182 @@ pub async fn execute(
             template,
             hash,
         } => {
-            let stable = caches
-                .deployments
-                .get(&ObjectRef::new(deployment).within(namespace));
-            let mut selector = stable
-                .as_ref()
-                .and_then(|d| d.spec.as_ref())
-                .and_then(|s| s.selector.match_labels.clone())
-                .unwrap_or_default();
-            selector.insert(CANARY_LABEL.to_owned(), CANARY_ROLE.to_owned());
-            let name = canary_name(deployment);
-            let body = json!({
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": {MANAGED_BY.0: MANAGED_BY.1, RELEASE_LABEL: release, CANARY_LABEL: CANARY_ROLE},
-                    "annotations": {TEMPLATE_HASH_ANNOTATION: hash},
-                },
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": selector},
-                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
-                    "template": template,
-                }
-            });
-            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
+            apply_canary(
+                client, caches, release, namespace, deployment, *replicas, template, hash,
             )
             .await
-            .map_err(apply_error("apply the canary", namespace, &name))?;
-            Ok(())
         }
         Action::UpdateStable {
             namespace,
             deployment,
             images,
-        } => {
-            let containers: Vec<Value> = images
-                .iter()
-                .map(|(name, image)| json!({"name": name, "image": image}))
-                .collect();
-            let body = json!({
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": deployment, "namespace": namespace},
-                "spec": {
-                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
-                    "template": {"spec": {"containers": containers}},
-                }
-            });
-            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            api.patch(
-                deployment,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .map_err(apply_error("update the images of", namespace, deployment))?;
-            Ok(())
-        }
+        } => update_stable(client, namespace, deployment, images).await,
         Action::RestoreStable {
             namespace,
             deployment,
             template,
-        } => {
-            // Replace the whole template (not a merge), read fresh, so what runs is
-            // exactly the recorded template; a conflict retries the reconcile.
-            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            let mut current = api
-                .get(deployment)
-                .await
-                .map_err(apply_error("read", namespace, deployment))?;
-            let recorded = serde_json::from_value(template.clone())
-                .map_err(ReconcileError::SerializeStatus)?;
-            if let Some(spec) = current.spec.as_mut() {
-                spec.template = recorded;
-            }
-            current.metadata.managed_fields = None;
-            api.replace(
-                deployment,
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.to_owned()),
-                    ..PostParams::default()
-                },
-                &current,
-            )
-            .await
-            .map_err(apply_error(
-                "restore the stable revision of",
-                namespace,
-                deployment,
-            ))?;
-            Ok(())
-        }
+        } => restore_stable(client, namespace, deployment, template).await,
         Action::DeleteCanary {
             namespace,
             deployment,
-        } => {
-            let name = canary_name(deployment);
-            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_status(&e, 404) => Ok(()),
-                Err(e) => Err(apply_error("delete the canary", namespace, &name)(e)),
-            }
+        } => delete_canary(client, namespace, deployment).await,
+    }
+}
+
+async fn record_revision(
+    client: &Client,
+    release: &str,
+    namespace: &str,
+    deployment: &str,
+    revision: &str,
+    template: &Value,
+    hash: &str,
+) -> Result<(), ReconcileError> {
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), namespace);
+    let object: ControllerRevision = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": {
+            "name": revision,
+            "labels": {MANAGED_BY.0: MANAGED_BY.1, RELEASE_LABEL: release, "stagecoach.dev/deployment": deployment},
+        },
+        "revision": 1,
+        "data": {"deployment": deployment, "hash": hash, "template": template},
+    }))
+    .map_err(ReconcileError::SerializeStatus)?;
+    match api.create(&PostParams::default(), &object).await {
+        // Never overwrite: the first record is the truth.
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(apply_error(
+            "record the stable revision of",
+            namespace,
+            deployment,
+        )(e)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the fields of Action::ApplyCanary, plus where
+async fn apply_canary(
+    client: &Client,
+    caches: &WorkloadCaches,
+    release: &str,
+    namespace: &str,
+    deployment: &str,
+    replicas: i32,
+    template: &Value,
+    hash: &str,
+) -> Result<(), ReconcileError> {
+    let stable = caches
+        .deployments
+        .get(&ObjectRef::new(deployment).within(namespace));
+    let mut selector = stable
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    selector.insert(CANARY_LABEL.to_owned(), CANARY_ROLE.to_owned());
+    let name = canary_name(deployment);
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_BY.0: MANAGED_BY.1, RELEASE_LABEL: release, CANARY_LABEL: CANARY_ROLE},
+            "annotations": {TEMPLATE_HASH_ANNOTATION: hash},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+            "template": template,
         }
+    });
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(apply_error("apply the canary", namespace, &name))?;
+    Ok(())
+}
+
+async fn update_stable(
+    client: &Client,
+    namespace: &str,
+    deployment: &str,
+    images: &[(String, String)],
+) -> Result<(), ReconcileError> {
+    let containers: Vec<Value> = images
+        .iter()
+        .map(|(name, image)| json!({"name": name, "image": image}))
+        .collect();
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment, "namespace": namespace},
+        "spec": {
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+            "template": {"spec": {"containers": containers}},
+        }
+    });
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        deployment,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(apply_error("update the images of", namespace, deployment))?;
+    Ok(())
+}
+
+/// Replaces the whole template (not a merge), read fresh, so what runs is exactly the
+/// recorded template; a conflict fails the reconcile, which retries.
+async fn restore_stable(
+    client: &Client,
+    namespace: &str,
+    deployment: &str,
+    template: &Value,
+) -> Result<(), ReconcileError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let mut current = api
+        .get(deployment)
+        .await
+        .map_err(apply_error("read", namespace, deployment))?;
+    let recorded =
+        serde_json::from_value(template.clone()).map_err(ReconcileError::SerializeStatus)?;
+    if let Some(spec) = current.spec.as_mut() {
+        spec.template = recorded;
+    }
+    current.metadata.managed_fields = None;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    api.replace(deployment, &params, &current)
+        .await
+        .map_err(apply_error(
+            "restore the stable revision of",
+            namespace,
+            deployment,
+        ))?;
+    Ok(())
+}
+
+async fn delete_canary(
+    client: &Client,
+    namespace: &str,
+    deployment: &str,
+) -> Result<(), ReconcileError> {
+    let name = canary_name(deployment);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(apply_error("delete the canary", namespace, &name)(e)),
     }
 }
