@@ -98,15 +98,19 @@ pub struct OtherRelease {
     pub phase: Option<ReleasePhase>,
     /// (stage name, phase) as in its status.
     pub stages: Vec<(String, StagePhase)>,
+    /// False when the operator refused its spec (Accepted=False): such a release can
+    /// never ship, so it supersedes nothing and blocks nothing.
+    pub accepted: bool,
 }
 
 impl OtherRelease {
     /// Still able to ship: not ended badly.
     pub fn is_live(&self) -> bool {
-        !matches!(
-            self.phase,
-            Some(ReleasePhase::RolledBack | ReleasePhase::Failed | ReleasePhase::Superseded)
-        )
+        self.accepted
+            && !matches!(
+                self.phase,
+                Some(ReleasePhase::RolledBack | ReleasePhase::Failed | ReleasePhase::Superseded)
+            )
     }
 
     /// Its phase at a stage.

@@ -567,7 +567,24 @@ fn a_newer_release_supersedes_at_stages_not_entered() {
         created: t0() + chrono::Duration::minutes(1),
         phase: Some(ReleasePhase::Progressing),
         stages: vec![("dev".into(), StagePhase::Progressing)],
+        accepted: true,
     };
+    // A newer release whose spec was refused supersedes nothing.
+    let refused = OtherRelease {
+        accepted: false,
+        phase: None,
+        stages: vec![],
+        ..newer.clone()
+    };
+    let plan = plan_once(
+        &spec,
+        None,
+        &World::new(),
+        t0(),
+        std::slice::from_ref(&refused),
+        &BTreeMap::new(),
+    );
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Progressing));
     let plan = plan_once(
         &spec,
         None,
@@ -590,6 +607,7 @@ fn a_newer_release_supersedes_at_stages_not_entered() {
         created: t0() - chrono::Duration::minutes(1),
         phase: Some(ReleasePhase::Progressing),
         stages: vec![("dev".into(), StagePhase::Progressing)],
+        accepted: true,
     };
     let plan = plan_once(
         &spec,

@@ -90,6 +90,10 @@ fn siblings(release: &Release, store: &Store<Release>) -> Vec<OtherRelease> {
                     .iter()
                     .map(|s| (s.name.clone(), s.phase))
                     .collect(),
+                accepted: !status.conditions.iter().any(|c| {
+                    c.r#type == stagecoach_engine::acceptance::ACCEPTED
+                        && c.status == stagecoach_api::ConditionStatus::False
+                }),
             }
         })
         .collect()
