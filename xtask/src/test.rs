@@ -70,6 +70,42 @@ fn run_tests(step: &str, mut cmd: Command, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// The OpenFeature SDK the toggle tests evaluate through (a real client, from PyPI).
+const PYTHON_SDK: [&str; 2] = [
+    "openfeature-sdk==0.10.0",
+    "openfeature-provider-ofrep==0.3.0",
+];
+
+/// A Python virtual environment in target/e2e-venv with [`PYTHON_SDK`] installed (made on
+/// first use, reinstalled when the pins change); returns its interpreter.
+fn python_sdk() -> Result<std::path::PathBuf> {
+    let venv = workspace_root().join("target/e2e-venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join("stagecoach-requirements.txt");
+    let wanted = PYTHON_SDK.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    if !python.exists() {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "venv"]).arg(&venv);
+        run("python3 -m venv target/e2e-venv", cmd)
+            .context("the toggle tests need python3 with the venv module (Debian: python3-venv)")?;
+    }
+    let mut pip = Command::new(&python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .args(PYTHON_SDK);
+    run(&format!("pip install {}", PYTHON_SDK.join(" ")), pip)?;
+    std::fs::write(&marker, wanted)?;
+    Ok(python)
+}
+
 fn run(step: &str, mut cmd: Command) -> Result<()> {
     let started = Instant::now();
     eprintln!("\n==> {step}");
@@ -125,6 +161,8 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
         cargo(&["test", "-p", "stagecoach-e2e", "--no-run"]),
     )?;
 
+    let python = python_sdk()?;
+
     eprintln!("\n==> control plane up");
     let bin_dir = build::ensure_binaries(true)?;
     let cluster = Cluster::named("test");
@@ -146,7 +184,8 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
             "STAGECOACH_BIN",
             workspace_root().join("target/debug/stagecoach"),
         )
-        .env("HELM_BIN", bin_dir.join("helm"));
+        .env("HELM_BIN", bin_dir.join("helm"))
+        .env("STAGECOACH_E2E_PYTHON", &python);
     let result = run_tests(
         "end-to-end tests against the real control plane",
         e2e,

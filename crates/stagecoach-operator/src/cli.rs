@@ -31,6 +31,12 @@ pub struct RunArgs {
     #[arg(long, env = "STAGECOACH_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
 
+    /// Address of the OFREP server (OpenFeature Remote Evaluation Protocol), which
+    /// evaluates feature toggles for OpenFeature SDKs. Give a provider the base URL
+    /// http://ADDRESS/apps/NAMESPACE/APPLICATION/stages/STAGE.
+    #[arg(long, env = "STAGECOACH_OFREP_ADDR", default_value = "0.0.0.0:8081")]
+    pub ofrep_addr: SocketAddr,
+
     /// Log format: text for people, json for one JSON object per line. The level is set
     /// with RUST_LOG (default info), such as RUST_LOG=stagecoach=debug,info.
     #[arg(long, env = "STAGECOACH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -71,6 +77,9 @@ mod tests {
         if std::env::var_os("STAGECOACH_ADMIN_ADDR").is_none() {
             assert_eq!(args.admin_addr, "0.0.0.0:8080".parse().unwrap());
         }
+        if std::env::var_os("STAGECOACH_OFREP_ADDR").is_none() {
+            assert_eq!(args.ofrep_addr, "0.0.0.0:8081".parse().unwrap());
+        }
         if std::env::var_os("STAGECOACH_LOG_FORMAT").is_none() {
             assert_eq!(args.log_format, LogFormat::Text);
         }
@@ -83,6 +92,8 @@ mod tests {
             "run",
             "--admin-addr",
             "127.0.0.1:9090",
+            "--ofrep-addr",
+            "127.0.0.1:9091",
             "--log-format",
             "json",
             "--namespace",
@@ -93,6 +104,7 @@ mod tests {
             panic!("expected run");
         };
         assert_eq!(args.admin_addr, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(args.ofrep_addr, "127.0.0.1:9091".parse().unwrap());
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.namespace.as_deref(), Some("billing"));
     }

@@ -30,6 +30,15 @@ pub enum ReconcileError {
         #[source]
         source: Box<kube::Error>,
     },
+
+    /// Writing or deleting a flag-set ConfigMap in a stage namespace failed.
+    #[error("cannot {action} the flag set in namespace {namespace}: {source}")]
+    WriteFlagSet {
+        action: &'static str,
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl ReconcileError {
@@ -41,6 +50,7 @@ impl ReconcileError {
             Self::PatchStatus(_) => "patch_status",
             Self::PublishEvent(_) => "publish_event",
             Self::ApplyWorkload { .. } => "apply_workload",
+            Self::WriteFlagSet { .. } => "write_flag_set",
         }
     }
 
@@ -49,7 +59,10 @@ impl ReconcileError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::MissingMetadata(_) | Self::SerializeStatus(_) => false,
-            Self::PatchStatus(_) | Self::PublishEvent(_) | Self::ApplyWorkload { .. } => true,
+            Self::PatchStatus(_)
+            | Self::PublishEvent(_)
+            | Self::ApplyWorkload { .. }
+            | Self::WriteFlagSet { .. } => true,
         }
     }
 }

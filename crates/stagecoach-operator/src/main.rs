@@ -7,6 +7,7 @@ mod controller;
 mod error;
 mod logging;
 mod metrics;
+mod ofrep;
 mod operator;
 mod retry;
 mod shutdown;

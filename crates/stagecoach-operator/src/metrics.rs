@@ -20,6 +20,7 @@ pub struct Metrics {
     reconcile_duration: HistogramVec,
     status_writes: IntCounterVec,
     releases: ReleaseMetrics,
+    toggles: ToggleMetrics,
 }
 
 /// Release-specific metrics. Labels: `reason` and `phase` take values from the engine's
@@ -87,6 +88,52 @@ impl ReleaseMetrics {
     }
 }
 
+/// Feature-toggle metrics. Labels: `action` is apply or delete; `direction` is
+/// activated or deactivated; `endpoint` is single or bulk; `code` is the HTTP status.
+#[derive(Clone)]
+pub struct ToggleMetrics {
+    pub flag_set_writes: IntCounterVec,
+    pub coupling_transitions: IntCounterVec,
+    pub ofrep_requests: IntCounterVec,
+}
+
+impl ToggleMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let flag_set_writes = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_flag_set_writes_total",
+                "Flag-set ConfigMaps applied or deleted. Stays flat while nothing changes.",
+            ),
+            &["action"],
+        )?;
+        let coupling_transitions = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_coupling_transitions_total",
+                "Toggle rules coupled to a release that became active or inactive, per toggle stage.",
+            ),
+            &["direction"],
+        )?;
+        let ofrep_requests = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_ofrep_requests_total",
+                "OFREP evaluation requests answered, by endpoint and HTTP status.",
+            ),
+            &["endpoint", "code"],
+        )?;
+        registry.register(Box::new(flag_set_writes.clone()))?;
+        registry.register(Box::new(coupling_transitions.clone()))?;
+        registry.register(Box::new(ofrep_requests.clone()))?;
+        for action in ["apply", "delete"] {
+            flag_set_writes.with_label_values(&[action]);
+        }
+        Ok(Self {
+            flag_set_writes,
+            coupling_transitions,
+            ofrep_requests,
+        })
+    }
+}
+
 impl Metrics {
     /// Creates the metrics and registers them in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -135,6 +182,7 @@ impl Metrics {
             status_writes.with_label_values(&[kind]);
         }
         let releases = ReleaseMetrics::new(&registry)?;
+        let toggles = ToggleMetrics::new(&registry)?;
         Ok(Self {
             registry,
             reconciles,
@@ -142,6 +190,7 @@ impl Metrics {
             reconcile_duration,
             status_writes,
             releases,
+            toggles,
         })
     }
 
@@ -168,6 +217,11 @@ impl Metrics {
     /// The release metrics.
     pub fn releases(&self) -> &ReleaseMetrics {
         &self.releases
+    }
+
+    /// The feature-toggle and OFREP metrics.
+    pub fn toggles(&self) -> &ToggleMetrics {
+        &self.toggles
     }
 
     /// All metrics in the Prometheus text exposition format.

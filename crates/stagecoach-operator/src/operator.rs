@@ -1,5 +1,5 @@
-//! `stagecoach run`: wires the client, both controllers and the admin server together
-//! and runs them until a shutdown signal.
+//! `stagecoach run`: wires the client, both controllers, the admin server and the OFREP
+//! server together and runs them until a shutdown signal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use stagecoach_api::{FeatureToggle, Release};
@@ -20,13 +20,17 @@ use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::controller::{self, release, toggle, workloads};
 use crate::metrics::Metrics;
+use crate::ofrep::{self, FlagIndex};
 use crate::shutdown::Shutdown;
+
+/// Most FeatureToggle reconciles running at once.
+const TOGGLE_CONCURRENCY: u16 = 16;
 
 /// How long in-flight reconciles and admin requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Runs the operator until SIGTERM or Ctrl-C; returns once everything has stopped.
-#[allow(clippy::too_many_lines)] // the wiring of every cache, controller and server, in one place
+#[allow(clippy::too_many_lines)] // the wiring of every part, in one place
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.context(
         "cannot configure the Kubernetes client: set KUBECONFIG, or run in a pod with a \
@@ -36,9 +40,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen on {} (--admin-addr)", args.admin_addr))?;
+    let ofrep_listener = TcpListener::bind(args.ofrep_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--ofrep-addr)", args.ofrep_addr))?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         admin_addr = %args.admin_addr,
+        ofrep_addr = %args.ofrep_addr,
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         "starting"
     );
@@ -55,14 +63,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.cache(release::KIND),
         readiness.cache(toggle::KIND),
     );
-    let (release_cache, release_changes) = controller::cached_watch(
+    // The toggle controller also learns from the Release and toggle watches which
+    // applications changed (see controller::toggle::triggers).
+    let (app_changes, app_change_reports) = toggle::changes();
+    let (release_cache, release_changes) = toggle::watch_releases(
         scoped_api::<Release>(&client, namespace),
         release_sync.clone(),
+        app_changes.clone(),
     );
-    let (toggle_cache, toggle_changes) = controller::cached_watch(
+    let (toggle_cache, toggle_changes) = toggle::watch_toggles(
         scoped_api::<FeatureToggle>(&client, namespace),
         toggle_sync.clone(),
+        app_changes.clone(),
     );
+    let epochs = app_changes.epochs();
+    let (flag_set_cache, flag_set_events) =
+        toggle::watch_flag_sets(&client, readiness.cache("ConfigMap"), app_changes);
     // The release controller also watches the stage namespaces: Deployments, their pods
     // and the ControllerRevisions it records. Any change there re-plans the releases whose
     // stages live in that namespace, which is what makes a failing pod reach a rollback
@@ -77,6 +93,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Api::<ControllerRevision>::all(client.clone()),
         "app.kubernetes.io/managed-by=stagecoach",
         readiness.cache("ControllerRevision"),
+    );
+    let flag_index = FlagIndex::new(toggle_cache.clone());
+    let toggle_ctx = Arc::new(toggle::ToggleContext::new(
+        ctx.clone(),
+        toggle_cache.clone(),
+        release_cache.clone(),
+        flag_set_cache,
+        flag_index.clone(),
+        epochs,
+    ));
+    let (toggle_retriggers, toggle_triggers) = toggle::fan_out(
+        app_change_reports,
+        flag_set_events,
+        toggle_ctx.clone(),
+        args.namespace.clone(),
+        shutdown.wait(),
     );
     let release_ctx = Arc::new(release::ReleaseContext {
         base: ctx.clone(),
@@ -112,8 +144,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             revision_mapper(r.namespace())
         })
         .graceful_shutdown_on(shutdown.wait());
-    let toggles =
-        Controller::for_stream(toggle_changes, toggle_cache).graceful_shutdown_on(shutdown.wait());
+    // Bounded: a change to an application re-reconciles all its toggles, and thousands of
+    // status patches in flight at once only queue up in the API server (and in memory).
+    let toggles = Controller::for_stream(toggle_changes, toggle_cache)
+        .with_config(ControllerConfig::default().concurrency(TOGGLE_CONCURRENCY))
+        .reconcile_on(toggle_retriggers)
+        .graceful_shutdown_on(shutdown.wait());
 
     let release_loop = controller::drain(
         release::KIND,
@@ -123,10 +159,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let toggle_loop = controller::drain(
         toggle::KIND,
-        toggles.run(toggle::reconcile, toggle::error_policy, ctx.clone()),
+        toggles.run(toggle::reconcile, toggle::error_policy, toggle_ctx),
         shutdown.clone(),
         toggle_sync,
     );
+    let ofrep_server = {
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
+        async move {
+            let served = ofrep::serve(
+                ofrep_listener,
+                flag_index,
+                metrics.toggles(),
+                shutdown.wait(),
+            )
+            .await;
+            if let Err(error) = &served {
+                error!(%error, "OFREP server failed; shutting down");
+            }
+            shutdown.trigger(); // a stopped OFREP server stops the operator
+            served
+        }
+    };
     let admin_server = {
         let shutdown = shutdown.clone();
         async move {
@@ -140,13 +193,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let signals = tokio::spawn(signals);
 
-    let all = async { tokio::join!(release_loop, toggle_loop, admin_server) };
+    let all = async {
+        tokio::join!(
+            release_loop,
+            toggle_loop,
+            toggle_triggers,
+            admin_server,
+            ofrep_server
+        )
+    };
     let grace_over = async {
         shutdown.wait().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     let outcome = tokio::select! {
-        ((), (), served) = all => served.context("admin server failed"),
+        ((), (), (), admin, ofrep) = all => admin
+            .context("admin server failed")
+            .and(ofrep.context("OFREP server failed")),
         () = grace_over => Err(anyhow::anyhow!(
             "did not stop within {}s of the shutdown signal", SHUTDOWN_GRACE.as_secs()
         )),

@@ -138,8 +138,10 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
             .filter_map(Value::as_str)
             .collect();
         assert!(
-            !verbs.contains(&"delete") || rule["resources"] == serde_json::json!(["deployments"]),
-            "delete only on Deployments (canaries): {rule}"
+            !verbs.contains(&"delete")
+                || rule["resources"] == serde_json::json!(["deployments"])
+                || rule["resources"] == serde_json::json!(["configmaps"]),
+            "delete only on Deployments (canaries) and ConfigMaps (flag sets): {rule}"
         );
     }
     // The operator reads its resources and writes only their status.

@@ -1,24 +1,114 @@
-//! The FeatureToggle controller. For now it decides and records whether a
-//! FeatureToggle is accepted; flag set rendering plugs in at the plan step.
+//! The FeatureToggle controller: serves each application's toggles per stage, as one
+//! flagd flag set per stage namespace (ConfigMap `stagecoach-flags`) and over OFREP (the
+//! in-memory [`FlagIndex`]), and reports in each toggle's status what is served where.
+//!
+//! Reconcile of one toggle: observe (caches: the application's toggles, the namespace's
+//! Releases, the flag-set ConfigMaps) -> plan ([`plan::plan_application`], once per change
+//! of the application's inputs, shared by all its toggles; then the toggle's status) ->
+//! apply (ConfigMaps that differ, the OFREP index, the status if it changed, Events for
+//! coupling changes). See [`triggers`] for what re-reconciles a toggle besides its own
+//! changes, and [`flagsets`] for how ConfigMaps are owned and cleaned up.
+//!
+//! Scale: every toggle of an application shares one plan, so a change to one toggle (or
+//! to a coupled Release) re-reconciles all of them. To keep that cheap, a reconcile that
+//! finds nothing new to plan does no work proportional to the application (the plan is
+//! keyed by an [`Epoch`] the watches advance); a burst of changes is planned once after
+//! it settles (300 ms quiet, at most 2 s late); one application is planned at a time; the
+//! cache keeps a digest of each toggle's status rather than all of it
+//! ([`plan::compact_for_cache`]); and OFREP reads specs from the cache instead of copying
+//! them.
+
+mod flagsets;
+mod plan;
+mod stages;
+mod triggers;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use stagecoach_api::FeatureToggle;
-use stagecoach_engine::acceptance::plan_toggle_status;
-use tracing::{debug, instrument};
+use stagecoach_api::condition::{self, ConditionStatus};
+use stagecoach_api::{FeatureToggle, Release};
+use stagecoach_engine::acceptance::is_transition;
+use stagecoach_engine::toggle::canonical_json;
+use tracing::{debug, info, instrument, warn};
 
+pub use self::flagsets::FlagSetCache;
+use self::flagsets::{
+    AppKey, AppState, Applications, Epoch, Planning, WRITE_GRACE, sync_flag_sets,
+};
+use self::plan::{
+    ApplicationInput, ApplicationPlan, READY, coupling_changes, desired_status, plan_application,
+    status_unchanged,
+};
+pub use self::triggers::Epochs;
+pub use self::triggers::{changes, fan_out, watch_flag_sets, watch_releases, watch_toggles};
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
 use crate::context::Context;
 use crate::error::ReconcileError;
+use crate::ofrep::FlagIndex;
 use crate::retry::ObjectKey;
 
 /// The `kind` label and log field of this controller.
 pub const KIND: &str = "FeatureToggle";
+
+/// What the toggle controller needs beyond the shared context.
+pub struct ToggleContext {
+    pub base: Arc<Context>,
+    pub toggles: Store<FeatureToggle>,
+    pub releases: Store<Release>,
+    pub flag_sets: FlagSetCache,
+    /// What OFREP serves; replaced per application when its flag sets change.
+    pub index: FlagIndex,
+    epochs: Arc<Epochs>,
+    applications: Applications,
+    /// One application is planned at a time: planning is CPU work, and a large flag set
+    /// is a few MiB while it is rendered, so planning them all at once after a start
+    /// would only raise the memory high-water mark.
+    planning: tokio::sync::Semaphore,
+}
+
+impl ToggleContext {
+    pub fn new(
+        base: Arc<Context>,
+        toggles: Store<FeatureToggle>,
+        releases: Store<Release>,
+        flag_sets: FlagSetCache,
+        index: FlagIndex,
+        epochs: Arc<Epochs>,
+    ) -> Self {
+        Self {
+            base,
+            toggles,
+            releases,
+            flag_sets,
+            index,
+            epochs,
+            applications: Applications::default(),
+            planning: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// The toggles and Releases of `namespace` as the caches have them now.
+    fn observe(
+        &self,
+        namespace: &str,
+        application: &str,
+    ) -> (Vec<Arc<FeatureToggle>>, Vec<Arc<Release>>) {
+        let toggles = self.toggles.state_filter(|t| {
+            t.spec.application == application && t.metadata.namespace.as_deref() == Some(namespace)
+        });
+        let releases = self
+            .releases
+            .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace));
+        (toggles, releases)
+    }
+}
 
 /// Reconciles one FeatureToggle: observe -> plan -> apply.
 #[instrument(skip_all, fields(
@@ -28,7 +118,7 @@ pub const KIND: &str = "FeatureToggle";
 ))]
 pub async fn reconcile(
     toggle: Arc<FeatureToggle>,
-    ctx: Arc<Context>,
+    ctx: Arc<ToggleContext>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let (key, result) = match object_key(KIND, toggle.as_ref()) {
@@ -38,31 +128,218 @@ pub async fn reconcile(
         }
         Err(error) => (None, Err(error)),
     };
-    record_outcome(&ctx, KIND, key.as_ref(), started, &result);
+    record_outcome(&ctx.base, KIND, key.as_ref(), started, &result);
     result
 }
 
 async fn reconcile_toggle(
     toggle: &FeatureToggle,
     key: &ObjectKey,
-    ctx: &Context,
+    ctx: &ToggleContext,
 ) -> Result<Action, ReconcileError> {
-    // Observe (no client required): the object as the reflector cache has it.
-    let current = toggle.status.as_ref();
-    let generation = toggle.metadata.generation;
+    // Observe (no client required): caches only. The flag sets and Releases must be known
+    // first, or every ConfigMap would look missing and every stage unknown.
+    let _ = ctx.releases.wait_until_ready().await;
+    let _ = ctx.flag_sets.wait_until_ready().await;
+    let namespace = key.namespace.as_str();
+    let application = toggle.spec.application.as_str();
+    let app = AppKey::new(namespace, application);
+    // Read before the caches: a plan made from them is at least this new.
+    let epoch = ctx.epochs.of(&app);
 
-    // Plan (no client required).
-    let desired = plan_toggle_status(current, &toggle.spec, generation, status_now());
-    if current == Some(&desired) {
+    // Plan (no client required): once per change of the application's inputs, from the
+    // application's toggles and the namespace's Releases; the toggles of one application
+    // take turns here.
+    let state = ctx.applications.state(&app);
+    let mut state = state.lock().await;
+    let (plan, documents) = match current_plan(ctx, &app, epoch, &mut state).await {
+        Ok(planned) => planned,
+        Err(wait) => {
+            debug!(application = %app, wait_ms = wait.as_millis(), "inputs still changing");
+            return Ok(Action::requeue(wait));
+        }
+    };
+    let render = |stage: &str| {
+        let (toggles, releases) = ctx.observe(namespace, application);
+        let input = ApplicationInput::new(
+            namespace,
+            application,
+            toggles.iter().map(AsRef::as_ref),
+            &releases,
+        );
+        let rendered = input.render(stage);
+        (canonical_json(&rendered.document), rendered.version)
+    };
+
+    // Apply (client required): the ConfigMaps that differ from the plan.
+    let (waiting, write_failed) = sync_flag_sets(
+        &ctx.base.client,
+        &ctx.flag_sets,
+        ctx.base.metrics.toggles(),
+        &app,
+        &mut state,
+        &plan,
+        documents,
+        &render,
+    )
+    .await;
+    let flag_set_problems = state.problems.clone();
+    drop(state);
+
+    // Plan (no client required): this toggle's status.
+    let current = toggle.status.as_ref();
+    let desired = desired_status(toggle, &plan, &flag_set_problems, status_now());
+    let requeue = if waiting {
+        WRITE_GRACE + Duration::from_millis(100)
+    } else {
+        RESYNC_INTERVAL
+    };
+    // A failed ConfigMap write is in the status (Ready=False) and retried with backoff.
+    let finish = |action: Action| match write_failed {
+        Some(error) => Err(error),
+        None => Ok(action),
+    };
+    if status_unchanged(toggle, &desired) {
         debug!("status up to date");
-        return Ok(Action::requeue(RESYNC_INTERVAL));
+        return finish(Action::requeue(requeue));
     }
 
-    // Apply (client required).
-    apply_status::<FeatureToggle>(ctx, key, &desired).await?;
+    // Apply (client required): status, then Events for what changed.
+    match apply_status::<FeatureToggle>(&ctx.base, key, &desired).await {
+        // Deleted since the cache saw it (siblings of a deleted toggle are re-reconciled).
+        Err(ReconcileError::PatchStatus(kube::Error::Api(error))) if error.code == 404 => {
+            debug!("toggle is gone");
+            return Ok(Action::await_change());
+        }
+        result => result?,
+    }
+    let reference = toggle.object_ref(&());
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    announce_acceptance(ctx, &toggle.object_ref(&()), before, &desired.conditions).await?;
-    Ok(Action::requeue(RESYNC_INTERVAL))
+    announce_acceptance(&ctx.base, &reference, before, &desired.conditions).await?;
+    announce_readiness(ctx, &reference, current, &desired).await;
+    for change in coupling_changes(&toggle.spec, current, &desired) {
+        info!(release = %change.release, reached = %change.reached, stage = %change.stage,
+            active = change.active, "coupling changed");
+        ctx.base
+            .metrics
+            .toggles()
+            .coupling_transitions
+            .with_label_values(&[if change.active {
+                "activated"
+            } else {
+                "deactivated"
+            }])
+            .inc();
+        publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            change.reason(),
+            change.message(),
+        )
+        .await;
+    }
+    finish(Action::requeue(requeue))
+}
+
+/// The application's plan at `epoch`, with the flag sets' JSON when it is new; or how
+/// long to wait for its inputs to settle. A new plan goes to OFREP at once.
+async fn current_plan(
+    ctx: &ToggleContext,
+    app: &AppKey,
+    epoch: Epoch,
+    state: &mut AppState,
+) -> Result<(Arc<ApplicationPlan>, Option<Vec<String>>), Duration> {
+    let planning = state.planning(epoch, Instant::now());
+    if let (Planning::Reuse, Some(plan)) = (planning, &state.plan) {
+        return Ok((plan.clone(), None));
+    }
+    if let Planning::Wait(wait) = planning {
+        return Err(wait);
+    }
+    let _turn = ctx.planning.acquire().await;
+    let (toggles, releases) = ctx.observe(&app.namespace, &app.application);
+    let input = ApplicationInput::new(
+        &app.namespace,
+        &app.application,
+        toggles.iter().map(AsRef::as_ref),
+        &releases,
+    );
+    // Something changed, but maybe nothing this application's plan depends on.
+    if let Some(plan) = state.plan.clone()
+        && plan.fingerprint == input.fingerprint()
+    {
+        state.planned(plan.clone(), epoch);
+        return Ok((plan, None));
+    }
+    let (plan, documents) = plan_application(&input);
+    debug!(application = %app, stages = plan.stages.len(), "application planned");
+    let plan = Arc::new(plan);
+    ctx.index
+        .publish(&app.namespace, &app.application, plan.index.clone());
+    state.planned(plan.clone(), epoch);
+    Ok((plan, Some(documents)))
+}
+
+/// An Event when Ready turns False (or changes reason while False), and when it turns
+/// True again; not for the first Ready=True of a new toggle.
+async fn announce_readiness(
+    ctx: &ToggleContext,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    current: Option<&stagecoach_api::FeatureToggleStatus>,
+    desired: &stagecoach_api::FeatureToggleStatus,
+) {
+    let Some(ready) = condition::find(&desired.conditions, READY) else {
+        return;
+    };
+    let before = current.and_then(|s| condition::find(&s.conditions, READY));
+    if !is_transition(before, ready) {
+        return;
+    }
+    match (ready.status, before) {
+        (ConditionStatus::True, None) => {}
+        (ConditionStatus::True, Some(_)) => {
+            publish(
+                ctx,
+                reference,
+                EventType::Normal,
+                &ready.reason,
+                ready.message.clone(),
+            )
+            .await;
+        }
+        (ConditionStatus::False | ConditionStatus::Unknown, _) => {
+            warn!(reason = %ready.reason, detail = %ready.message, "toggle not fully served");
+            publish(
+                ctx,
+                reference,
+                EventType::Warning,
+                &ready.reason,
+                ready.message.clone(),
+            )
+            .await;
+        }
+    }
+}
+
+/// Publishes an Event; best effort (status is the durable record).
+async fn publish(
+    ctx: &ToggleContext,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Serve".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.base.recorder.publish(&event, reference).await {
+        warn!(%error, "cannot publish event");
+    }
 }
 
 /// What happens after a failed reconcile; see [`super::error_policy`].
@@ -70,7 +347,7 @@ async fn reconcile_toggle(
 pub fn error_policy(
     toggle: Arc<FeatureToggle>,
     error: &ReconcileError,
-    ctx: Arc<Context>,
+    ctx: Arc<ToggleContext>,
 ) -> Action {
-    super::error_policy(KIND, toggle.as_ref(), error, &ctx)
+    super::error_policy(KIND, toggle.as_ref(), error, &ctx.base)
 }

@@ -1,0 +1,935 @@
+//! The toggle controller's plan, without IO: from an application's FeatureToggles and the
+//! Releases of their namespace to the flag set of each stage, what OFREP serves, and the
+//! status of each toggle.
+//!
+//! Every toggle of an application shares one plan (one flag set per stage), so the
+//! controller computes it once per change of its inputs ([`ApplicationInput::fingerprint`])
+//! and reuses it for the status of each toggle.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use stagecoach_api::condition::{self, Condition, ConditionStatus};
+use stagecoach_api::toggle::ToggleStageStatus;
+use stagecoach_api::{FeatureToggle, FeatureToggleSpec, FeatureToggleStatus, Release};
+use stagecoach_engine::acceptance::{ACCEPTED, plan_toggle_status};
+use stagecoach_engine::toggle::{
+    ActiveCouplings, FlagSetError, RenderedFlagSet, canonical_json, describe_active_rules,
+    render_flag_set,
+};
+
+use super::stages::{StageTarget, active_couplings, application_stages, release_stage_names};
+use crate::ofrep::AppFlags;
+
+/// Name of the ConfigMap holding an application's flag set in each stage namespace.
+pub const FLAG_SET_CONFIG_MAP: &str = "stagecoach-flags";
+/// Key of the flagd flag-set document in that ConfigMap.
+pub const FLAG_SET_KEY: &str = "flags.json";
+/// Type of the condition saying whether a toggle is served as its spec says.
+pub const READY: &str = "Ready";
+
+/// Reasons of the Ready condition and of toggle Events, in CamelCase.
+pub mod reason {
+    /// Ready=True: served in every stage of the application.
+    pub const SERVED: &str = "Served";
+    /// A stage key (or a `when.reached`) names a stage no Release of the application has.
+    pub const UNKNOWN_STAGE: &str = "UnknownStage";
+    /// A `when.release` names a Release that does not exist in the namespace.
+    pub const UNKNOWN_RELEASE: &str = "UnknownRelease";
+    /// Another, older toggle of the application has the same flag key.
+    pub const DUPLICATE_KEY: &str = "DuplicateKey";
+    /// The application has no Release, so no stage namespace to serve in.
+    pub const NO_RELEASES: &str = "NoReleases";
+    /// A stage namespace already holds another application's flag set.
+    pub const FLAG_SET_CONFLICT: &str = "FlagSetConflict";
+    /// A stage's flag set is too large for a ConfigMap (OFREP still serves it).
+    pub const FLAG_SET_TOO_LARGE: &str = "FlagSetTooLarge";
+    /// A stage's flag set could not be written (its namespace does not exist, say); OFREP
+    /// still serves it, and the write is retried with backoff.
+    pub const FLAG_SET_NOT_WRITTEN: &str = "FlagSetNotWritten";
+    /// Event: a release reached the stage a rule waits for.
+    pub const COUPLING_ACTIVATED: &str = "CouplingActivated";
+    /// Event: a rule's release is no longer at its stage (rolled back).
+    pub const COUPLING_DEACTIVATED: &str = "CouplingDeactivated";
+}
+
+/// Something about a toggle that keeps it from being served exactly as its spec says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    /// Which problem names the Ready condition when there are several: the ones that keep
+    /// the toggle from being served at all first.
+    fn rank(&self) -> u8 {
+        match self.reason {
+            reason::DUPLICATE_KEY => 0,
+            reason::UNKNOWN_RELEASE => 2,
+            reason::UNKNOWN_STAGE => 3,
+            reason::NO_RELEASES => 4,
+            reason::FLAG_SET_CONFLICT => 5,
+            reason::FLAG_SET_TOO_LARGE => 6,
+            reason::FLAG_SET_NOT_WRITTEN => 7,
+            _ => 1, // the spec is invalid: not served
+        }
+    }
+}
+
+/// Everything an application's plan depends on, read from the caches.
+#[derive(Debug)]
+pub struct ApplicationInput<'a> {
+    pub namespace: &'a str,
+    pub application: &'a str,
+    /// The application's toggles, oldest first (creation time, then name): for a
+    /// duplicated key the oldest toggle is served.
+    pub toggles: Vec<&'a FeatureToggle>,
+    /// The application's stages, in pipeline order.
+    pub stages: Vec<StageTarget>,
+    /// Active couplings of the releases the toggles' `when` rules name.
+    pub couplings: ActiveCouplings,
+    /// Every Release of the namespace, with its stage names.
+    pub releases: BTreeMap<String, Vec<String>>,
+}
+
+impl<'a> ApplicationInput<'a> {
+    /// The input of `application` from the toggles and Releases of `namespace` (objects
+    /// of other namespaces and applications, and toggles being deleted, are ignored).
+    pub fn new(
+        namespace: &'a str,
+        application: &'a str,
+        toggles: impl IntoIterator<Item = &'a FeatureToggle>,
+        releases: &[Arc<Release>],
+    ) -> Self {
+        let mut toggles: Vec<&FeatureToggle> = toggles
+            .into_iter()
+            .filter(|t| {
+                t.metadata.namespace.as_deref() == Some(namespace)
+                    && t.spec.application == application
+                    && t.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
+        toggles.sort_by(|a, b| {
+            let created = |t: &FeatureToggle| t.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        let releases: Vec<&Release> = releases
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+            .collect();
+        let wanted: BTreeSet<&str> = toggles
+            .iter()
+            .flat_map(|t| coupled_releases(&t.spec))
+            .collect();
+        Self {
+            namespace,
+            application,
+            stages: application_stages(application, releases.iter().copied()),
+            couplings: active_couplings(releases.iter().copied(), &wanted),
+            releases: release_stage_names(releases.iter().copied()),
+            toggles,
+        }
+    }
+
+    /// A hash of everything the plan depends on: equal fingerprints, equal plans. A
+    /// toggle contributes its identity and `metadata.generation`, which the API server
+    /// bumps on every spec change (and not on status writes).
+    pub fn fingerprint(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.namespace.hash(&mut hasher);
+        self.application.hash(&mut hasher);
+        for toggle in &self.toggles {
+            toggle.metadata.name.hash(&mut hasher);
+            toggle.metadata.uid.hash(&mut hasher);
+            toggle.metadata.generation.hash(&mut hasher);
+        }
+        self.stages.hash(&mut hasher);
+        self.couplings.hash(&mut hasher);
+        self.releases.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The flag set of `stage`: every toggle of the application, rendered for flagd.
+    pub fn render(&self, stage: &str) -> RenderedFlagSet {
+        let toggles: Vec<(&str, &FeatureToggleSpec)> = self
+            .toggles
+            .iter()
+            .map(|t| (t.flag_key(), &t.spec))
+            .collect();
+        render_flag_set(&toggles, stage, &self.couplings)
+    }
+}
+
+fn coupled_releases(spec: &FeatureToggleSpec) -> impl Iterator<Item = &str> {
+    spec.stages
+        .values()
+        .flat_map(|stage| &stage.rules)
+        .filter_map(|rule| rule.when.as_ref())
+        .map(|when| when.release.as_str())
+}
+
+/// The flag set served in one stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageFlagSet {
+    pub name: String,
+    /// Stage namespace: where the ConfigMap goes.
+    pub namespace: String,
+    /// Content version (`sha256:...`) of the flag set.
+    pub version: String,
+}
+
+impl StageFlagSet {
+    /// The ConfigMap holding this flag set, as `namespace/name`.
+    pub fn config_map(&self) -> String {
+        format!("{}/{FLAG_SET_CONFIG_MAP}", self.namespace)
+    }
+}
+
+/// The plan of one application: shared by all its toggles.
+#[derive(Debug)]
+pub struct ApplicationPlan {
+    /// The [`ApplicationInput::fingerprint`] this plan was computed from.
+    pub fingerprint: u64,
+    pub stages: Vec<StageFlagSet>,
+    pub couplings: ActiveCouplings,
+    /// What OFREP serves for the application.
+    pub index: Arc<AppFlags>,
+    /// Problems of the toggles that have any, by toggle name.
+    problems: HashMap<String, Vec<Problem>>,
+    /// Toggles that are in no flag set (invalid, or a duplicate key), by name.
+    not_served: BTreeSet<String>,
+}
+
+impl ApplicationPlan {
+    /// A plan with nothing in it, for tests of what is done with plans.
+    #[cfg(test)]
+    pub fn empty(fingerprint: u64) -> Self {
+        Self {
+            fingerprint,
+            stages: Vec::new(),
+            couplings: ActiveCouplings::none(),
+            index: Arc::new(AppFlags::default()),
+            problems: HashMap::new(),
+            not_served: BTreeSet::new(),
+        }
+    }
+}
+
+/// The plan of an application, and the canonical JSON of each stage's flag set (in the
+/// order of `plan.stages`), which the caller writes to the ConfigMaps and then drops.
+pub fn plan_application(input: &ApplicationInput<'_>) -> (ApplicationPlan, Vec<String>) {
+    let mut rejected: BTreeMap<usize, FlagSetError> = BTreeMap::new();
+    let mut stages = Vec::with_capacity(input.stages.len());
+    let mut documents = Vec::with_capacity(input.stages.len());
+    let mut index = AppFlags {
+        couplings: input.couplings.clone(),
+        ..AppFlags::default()
+    };
+    for stage in &input.stages {
+        let rendered = input.render(&stage.name);
+        for error in &rendered.rejected {
+            rejected
+                .entry(error.index())
+                .or_insert_with(|| error.clone());
+        }
+        index
+            .stages
+            .insert(stage.name.clone(), rendered.version.clone());
+        stages.push(StageFlagSet {
+            name: stage.name.clone(),
+            namespace: stage.namespace.clone(),
+            version: rendered.version,
+        });
+        documents.push(canonical_json(&rendered.document));
+    }
+    if input.stages.is_empty() {
+        // No stage to serve in, but a duplicate or invalid toggle is reported all the same
+        // (whether a toggle is rejected does not depend on the stage).
+        for error in input.render("").rejected {
+            rejected.entry(error.index()).or_insert(error);
+        }
+    }
+    // Whether a toggle is served does not depend on the stage either: every stage's flag
+    // set has the same flags, each from the oldest toggle with its key.
+    for (position, toggle) in input.toggles.iter().enumerate() {
+        let key = toggle.flag_key();
+        match rejected.get(&position) {
+            None => {
+                let name = toggle.metadata.name.clone().unwrap_or_default();
+                index.flags.entry(key.to_owned()).or_insert(name);
+            }
+            Some(FlagSetError::DuplicateKey { .. }) => {}
+            Some(error) => {
+                index.not_served.insert(key.to_owned(), error.to_string());
+            }
+        }
+    }
+    index
+        .not_served
+        .retain(|key, _| !index.flags.contains_key(key));
+
+    let mut problems: HashMap<String, Vec<Problem>> = HashMap::new();
+    let mut not_served = BTreeSet::new();
+    for (position, toggle) in input.toggles.iter().enumerate() {
+        let name = toggle.metadata.name.clone().unwrap_or_default();
+        let mut found = Vec::new();
+        if let Some(error) = rejected.get(&position) {
+            not_served.insert(name.clone());
+            found.push(rejection_problem(input, error));
+        }
+        found.extend(spec_problems(input, &toggle.spec));
+        if !found.is_empty() {
+            problems.insert(name, found);
+        }
+    }
+    let plan = ApplicationPlan {
+        fingerprint: input.fingerprint(),
+        stages,
+        couplings: input.couplings.clone(),
+        index: Arc::new(index),
+        problems,
+        not_served,
+    };
+    (plan, documents)
+}
+
+fn rejection_problem(input: &ApplicationInput<'_>, error: &FlagSetError) -> Problem {
+    match error {
+        FlagSetError::DuplicateKey {
+            flag_key,
+            first_index,
+            ..
+        } => {
+            let older = input
+                .toggles
+                .get(*first_index)
+                .and_then(|t| t.metadata.name.as_deref())
+                .unwrap_or_default();
+            Problem {
+                reason: reason::DUPLICATE_KEY,
+                message: format!(
+                    "flag key {flag_key:?} is already used by the older FeatureToggle {older} \
+                     of application {}; this toggle is not served until its key changes or \
+                     {older} is deleted",
+                    input.application
+                ),
+            }
+        }
+        other => Problem {
+            reason: other.reason(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Stage keys and `when` rules naming stages or releases that do not exist.
+fn spec_problems(input: &ApplicationInput<'_>, spec: &FeatureToggleSpec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let stage_names: Vec<&str> = input.stages.iter().map(|s| s.name.as_str()).collect();
+    if stage_names.is_empty() {
+        problems.push(Problem {
+            reason: reason::NO_RELEASES,
+            message: format!(
+                "no Release of application {} exists in namespace {}, so it has no stage \
+                 namespaces to serve flags in yet",
+                input.application, input.namespace
+            ),
+        });
+    } else {
+        let unknown: Vec<&str> = spec
+            .stages
+            .keys()
+            .map(String::as_str)
+            .filter(|stage| !stage_names.contains(stage))
+            .collect();
+        if !unknown.is_empty() {
+            problems.push(Problem {
+                reason: reason::UNKNOWN_STAGE,
+                message: format!(
+                    "stage(s) {} are not stages of any Release of application {} (its stages: \
+                     {}); the toggle is served in the others",
+                    unknown.join(", "),
+                    input.application,
+                    stage_names.join(", ")
+                ),
+            });
+        }
+    }
+    for (stage, settings) in &spec.stages {
+        for (position, rule) in settings.rules.iter().enumerate() {
+            let Some(when) = &rule.when else { continue };
+            let rule_name = format!("rule {} of stage {stage}", position + 1);
+            match input.releases.get(&when.release) {
+                None => problems.push(Problem {
+                    reason: reason::UNKNOWN_RELEASE,
+                    message: format!(
+                        "{rule_name} waits for Release {}, which does not exist in namespace \
+                         {}; the rule stays inactive",
+                        when.release, input.namespace
+                    ),
+                }),
+                Some(stages) if !stages.contains(&when.reached) => problems.push(Problem {
+                    reason: reason::UNKNOWN_STAGE,
+                    message: format!(
+                        "{rule_name} waits for Release {} to reach stage {}, which that \
+                         release does not go through (its stages: {}); the rule stays inactive",
+                        when.release,
+                        when.reached,
+                        stages.join(", ")
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    problems
+}
+
+/// The desired status of `toggle`: Accepted (from the admission checks), the flag key,
+/// what is served in each stage, and Ready. `flag_set_problems` are the application's
+/// problems found while writing its ConfigMaps (conflicts, size). Fields are kept as they
+/// are when nothing changed, so planning again gives an equal status (no write).
+pub fn desired_status(
+    toggle: &FeatureToggle,
+    plan: &ApplicationPlan,
+    flag_set_problems: &[Problem],
+    now: DateTime<Utc>,
+) -> FeatureToggleStatus {
+    let current = toggle.status.as_ref();
+    let generation = toggle.metadata.generation;
+    let mut status = plan_toggle_status(current, &toggle.spec, generation, now);
+    let name = toggle.metadata.name.as_deref().unwrap_or_default();
+    status.key = Some(toggle.flag_key().to_owned());
+    let served = !plan.not_served.contains(name);
+    status.stages = if served {
+        plan.stages
+            .iter()
+            .map(|stage| ToggleStageStatus {
+                name: stage.name.clone(),
+                flag_set_version: Some(stage.version.clone()),
+                config_map: Some(stage.config_map()),
+                active_rules: describe_active_rules(&toggle.spec, &stage.name, &plan.couplings),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut problems: Vec<&Problem> = plan.problems.get(name).into_iter().flatten().collect();
+    if served {
+        problems.extend(flag_set_problems);
+    }
+    problems.sort_by_key(|p| p.rank());
+    let ready = match problems.first() {
+        None => Condition::new(
+            READY,
+            ConditionStatus::True,
+            reason::SERVED,
+            format!(
+                "flag {} is served in stage(s) {}",
+                toggle.flag_key(),
+                plan.stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            generation,
+            now,
+        ),
+        Some(first) => Condition::new(
+            READY,
+            ConditionStatus::False,
+            first.reason,
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+            now,
+        ),
+    };
+    condition::upsert(&mut status.conditions, ready);
+    status
+        .conditions
+        .retain(|c| c.r#type == READY || c.r#type == ACCEPTED);
+    status
+}
+
+/// Annotation on the operator's cached copy of a toggle (never written to the API): a
+/// digest of the status the API server has, whose bulky parts the cache drops.
+pub const STATUS_DIGEST: &str = "stagecoach.dev/status-digest";
+
+/// A digest of a status: equal statuses, equal digests.
+pub fn status_digest(status: &FeatureToggleStatus) -> String {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Shrinks a toggle for the reflector cache, which holds every toggle for the operator's
+/// lifetime: the status is replaced by its digest ([`STATUS_DIGEST`]) plus the little
+/// the controller reads from it (condition status, reason and time; the coupled rules
+/// active per stage), and the description and annotations, which nothing reads, go.
+/// [`status_unchanged`] compares a desired status with the digest.
+pub fn compact_for_cache(toggle: &mut FeatureToggle) {
+    toggle.spec.description = None;
+    toggle.metadata.annotations = None;
+    if let Some(status) = &mut toggle.status {
+        let digest = status_digest(status);
+        for condition in &mut status.conditions {
+            condition.message = String::new();
+        }
+        for stage in &mut status.stages {
+            stage.flag_set_version = None;
+            stage.config_map = None;
+            stage.active_rules.retain(|rule| rule.starts_with("when "));
+        }
+        toggle.metadata.annotations = Some(BTreeMap::from([(STATUS_DIGEST.to_owned(), digest)]));
+    }
+}
+
+/// Whether `toggle` (from the cache) already has `desired` as its status.
+pub fn status_unchanged(toggle: &FeatureToggle, desired: &FeatureToggleStatus) -> bool {
+    let cached_digest = toggle
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(STATUS_DIGEST));
+    match cached_digest {
+        Some(digest) => *digest == status_digest(desired),
+        None => toggle.status.as_ref() == Some(desired),
+    }
+}
+
+/// A coupled rule that became active or inactive in one stage of a toggle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CouplingChange {
+    /// The toggle's stage the rule belongs to.
+    pub stage: String,
+    pub release: String,
+    pub reached: String,
+    pub active: bool,
+}
+
+impl CouplingChange {
+    pub fn reason(&self) -> &'static str {
+        if self.active {
+            reason::COUPLING_ACTIVATED
+        } else {
+            reason::COUPLING_DEACTIVATED
+        }
+    }
+
+    pub fn message(&self) -> String {
+        if self.active {
+            format!(
+                "Release {} reached {}: its coupled rules in stage {} are active",
+                self.release, self.reached, self.stage
+            )
+        } else {
+            format!(
+                "Release {} is no longer at {} (rolled back, failed or gone): its coupled \
+                 rules in stage {} are inactive",
+                self.release, self.reached, self.stage
+            )
+        }
+    }
+}
+
+/// The couplings that changed between two statuses of a toggle, read from each stage's
+/// active rules (a coupled rule is listed as `when <release> reached <stage>: ...` only
+/// while active). Stages missing from `before` report nothing: a new toggle, or a new
+/// stage, is not a coupling change.
+pub fn coupling_changes(
+    spec: &FeatureToggleSpec,
+    before: Option<&FeatureToggleStatus>,
+    after: &FeatureToggleStatus,
+) -> Vec<CouplingChange> {
+    let Some(before) = before else {
+        return Vec::new();
+    };
+    let mut changes = Vec::new();
+    for new in &after.stages {
+        let Some(old) = before.stages.iter().find(|s| s.name == new.name) else {
+            continue;
+        };
+        let Some(settings) = spec.stages.get(&new.name) else {
+            continue;
+        };
+        let mut seen = BTreeSet::new();
+        for when in settings.rules.iter().filter_map(|r| r.when.as_ref()) {
+            if !seen.insert((&when.release, &when.reached)) {
+                continue;
+            }
+            let prefix = format!("when {} reached {}:", when.release, when.reached);
+            let listed = |rules: &[String]| rules.iter().any(|r| r.starts_with(&prefix));
+            let (was, is) = (listed(&old.active_rules), listed(&new.active_rules));
+            if was != is {
+                changes.push(CouplingChange {
+                    stage: new.name.clone(),
+                    release: when.release.clone(),
+                    reached: when.reached.clone(),
+                    active: is,
+                });
+            }
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+#[allow(clippy::needless_pass_by_value)] // fixtures take json! values
+mod tests {
+    use chrono::TimeZone;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::{Value, json};
+    use stagecoach_api::release::{ReleasePhase, StagePhase};
+
+    use super::super::stages::tests::{release, with_phases};
+    use super::*;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap()
+    }
+
+    fn toggle(name: &str, age: i64, spec: Value) -> FeatureToggle {
+        let mut toggle = FeatureToggle::new(name, serde_json::from_value(spec).unwrap());
+        toggle.metadata.namespace = Some("team".into());
+        toggle.metadata.uid = Some(format!("uid-{name}"));
+        toggle.metadata.generation = Some(1);
+        let created = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 - age).unwrap();
+        toggle.metadata.creation_timestamp = Some(Time(created));
+        toggle
+    }
+
+    fn shop_toggle(name: &str, age: i64, stages: Value) -> FeatureToggle {
+        toggle(
+            name,
+            age,
+            json!({
+                "application": "shop",
+                "variants": {"on": true, "off": false},
+                "defaultVariant": "off",
+                "stages": stages
+            }),
+        )
+    }
+
+    fn shop_release() -> Arc<Release> {
+        Arc::new(release(
+            "shop-1",
+            "shop",
+            50,
+            &[("dev", "shop-dev"), ("demo", "shop-demo")],
+        ))
+    }
+
+    fn ready(status: &FeatureToggleStatus) -> &Condition {
+        condition::find(&status.conditions, READY).unwrap()
+    }
+
+    #[test]
+    fn one_flag_set_per_stage_and_served_status() {
+        let toggles = [
+            shop_toggle("b", 10, json!({"dev": {"defaultVariant": "on"}})),
+            shop_toggle(
+                "a",
+                20,
+                json!({"demo": {"rules": [{"clients": ["acme"], "variant": "on"}]}}),
+            ),
+            toggle(
+                "other-app",
+                5,
+                json!({"application": "else", "variants": {"x": 1}, "defaultVariant": "x"}),
+            ),
+        ];
+        let releases = [shop_release()];
+        let input = ApplicationInput::new("team", "shop", toggles.iter(), &releases);
+        let names: Vec<&str> = input
+            .toggles
+            .iter()
+            .map(|t| t.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "oldest first, other applications left out"
+        );
+        let (plan, documents) = plan_application(&input);
+        assert_eq!(plan.stages.len(), 2);
+        assert_eq!(plan.stages[0].config_map(), "shop-dev/stagecoach-flags");
+        let dev: Value = serde_json::from_str(&documents[0]).unwrap();
+        assert_eq!(dev["flags"]["b"]["defaultVariant"], "on");
+        assert_eq!(dev["flags"]["a"]["defaultVariant"], "off");
+        assert_eq!(plan.index.flags.len(), 2);
+        assert_eq!(plan.index.stages["demo"], plan.stages[1].version);
+
+        let status = desired_status(&toggles[1], &plan, &[], at(0));
+        assert_eq!(status.key.as_deref(), Some("a"));
+        assert_eq!(ready(&status).status, ConditionStatus::True);
+        assert_eq!(ready(&status).reason, reason::SERVED);
+        assert_eq!(
+            condition::find(&status.conditions, ACCEPTED)
+                .unwrap()
+                .status,
+            ConditionStatus::True
+        );
+        let stage_names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(stage_names, ["dev", "demo"]);
+        assert_eq!(
+            status.stages[1].active_rules,
+            ["clients [acme] -> on", "otherwise -> off"]
+        );
+        assert_eq!(
+            status.stages[1].flag_set_version.as_deref(),
+            Some(plan.stages[1].version.as_str())
+        );
+
+        // Planning again from the written status changes nothing.
+        let mut written = toggles[1].clone();
+        written.status = Some(status.clone());
+        assert_eq!(desired_status(&written, &plan, &[], at(60)), status);
+    }
+
+    #[test]
+    fn fingerprint_follows_inputs_not_status() {
+        let mut a = shop_toggle("a", 20, json!({}));
+        let releases = [shop_release()];
+        let before = ApplicationInput::new("team", "shop", [&a], &releases).fingerprint();
+        a.status = Some(FeatureToggleStatus::default());
+        assert_eq!(
+            ApplicationInput::new("team", "shop", [&a], &releases).fingerprint(),
+            before
+        );
+        a.metadata.generation = Some(2);
+        assert_ne!(
+            ApplicationInput::new("team", "shop", [&a], &releases).fingerprint(),
+            before
+        );
+        a.metadata.generation = Some(1);
+        assert_ne!(
+            ApplicationInput::new("team", "shop", [&a], &[]).fingerprint(),
+            before
+        );
+    }
+
+    #[test]
+    fn bad_input_becomes_reasons_and_the_rest_keeps_working() {
+        let toggles = [
+            shop_toggle(
+                "old",
+                30,
+                json!({"staging": {}, "dev": {"defaultVariant": "on"}}),
+            ),
+            toggle(
+                "new",
+                10,
+                json!({
+                    "application": "shop", "key": "old",
+                    "variants": {"on": true}, "defaultVariant": "on"
+                }),
+            ),
+            shop_toggle(
+                "coupled",
+                5,
+                json!({"demo": {"rules": [
+                    {"clients": ["acme"], "variant": "on", "when": {"release": "shop-9", "reached": "demo"}},
+                    {"clients": ["globex"], "variant": "on", "when": {"release": "shop-1", "reached": "prod"}}
+                ]}}),
+            ),
+        ];
+        let releases = [shop_release()];
+        let input = ApplicationInput::new("team", "shop", toggles.iter(), &releases);
+        let (plan, documents) = plan_application(&input);
+        let dev: Value = serde_json::from_str(&documents[0]).unwrap();
+        assert_eq!(
+            dev["flags"]["old"]["defaultVariant"], "on",
+            "the older toggle keeps its key"
+        );
+
+        let old = desired_status(&toggles[0], &plan, &[], at(0));
+        assert_eq!(ready(&old).reason, reason::UNKNOWN_STAGE);
+        assert!(
+            ready(&old).message.contains("staging"),
+            "{}",
+            ready(&old).message
+        );
+        assert_eq!(old.stages.len(), 2, "still served in the stages that exist");
+
+        let new = desired_status(&toggles[1], &plan, &[], at(0));
+        assert_eq!(ready(&new).status, ConditionStatus::False);
+        assert_eq!(ready(&new).reason, reason::DUPLICATE_KEY);
+        assert!(
+            ready(&new).message.contains("FeatureToggle old"),
+            "{}",
+            ready(&new).message
+        );
+        assert!(new.stages.is_empty());
+
+        let coupled = desired_status(&toggles[2], &plan, &[], at(0));
+        assert_eq!(ready(&coupled).reason, reason::UNKNOWN_RELEASE);
+        assert!(ready(&coupled).message.contains("shop-9"));
+        assert!(
+            ready(&coupled).message.contains("stage prod"),
+            "{}",
+            ready(&coupled).message
+        );
+
+        let conflict = Problem {
+            reason: reason::FLAG_SET_CONFLICT,
+            message: "taken".into(),
+        };
+        let status = desired_status(&toggles[0], &plan, &[conflict], at(0));
+        assert_eq!(ready(&status).reason, reason::UNKNOWN_STAGE);
+        assert!(ready(&status).message.ends_with("taken"));
+    }
+
+    #[test]
+    fn no_release_means_no_stage() {
+        let toggles = [
+            shop_toggle("a", 10, json!({})),
+            toggle(
+                "b",
+                5,
+                json!({"application": "shop", "key": "a", "variants": {"on": true}, "defaultVariant": "on"}),
+            ),
+        ];
+        let input = ApplicationInput::new("team", "shop", toggles.iter(), &[]);
+        let (plan, documents) = plan_application(&input);
+        assert!(plan.stages.is_empty() && documents.is_empty());
+        let a = desired_status(&toggles[0], &plan, &[], at(0));
+        assert_eq!(ready(&a).reason, reason::NO_RELEASES);
+        let b = desired_status(&toggles[1], &plan, &[], at(0));
+        assert_eq!(ready(&b).reason, reason::DUPLICATE_KEY);
+    }
+
+    #[test]
+    fn couplings_switch_rules_and_are_reported_once() {
+        let coupled = shop_toggle(
+            "coupled",
+            5,
+            json!({"demo": {"rules": [
+                {"clients": ["acme"], "variant": "on", "when": {"release": "shop-1", "reached": "demo"}},
+                {"clients": ["globex"], "variant": "on", "when": {"release": "shop-1", "reached": "demo"}}
+            ]}}),
+        );
+        let pending = shop_release();
+        let reached = Arc::new(with_phases(
+            (*pending).clone(),
+            ReleasePhase::EarlyLifeSupport,
+            &[
+                ("dev", StagePhase::Succeeded),
+                ("demo", StagePhase::EarlyLifeSupport),
+            ],
+        ));
+        let rolled_back = Arc::new(with_phases(
+            (*pending).clone(),
+            ReleasePhase::RolledBack,
+            &[
+                ("dev", StagePhase::Succeeded),
+                ("demo", StagePhase::RolledBack),
+            ],
+        ));
+        let status_with = |release: &Arc<Release>, previous: Option<&FeatureToggleStatus>| {
+            let mut toggle = coupled.clone();
+            toggle.status = previous.cloned();
+            let input =
+                ApplicationInput::new("team", "shop", [&toggle], std::slice::from_ref(release));
+            let (plan, _) = plan_application(&input);
+            (desired_status(&toggle, &plan, &[], at(0)), plan)
+        };
+        let (off, off_plan) = status_with(&pending, None);
+        assert_eq!(off.stages[1].active_rules, ["otherwise -> off"]);
+        assert!(coupling_changes(&coupled.spec, None, &off).is_empty());
+
+        let (on, on_plan) = status_with(&reached, Some(&off));
+        assert_ne!(
+            on.stages[1].flag_set_version,
+            off.stages[1].flag_set_version
+        );
+        assert!(on_plan.index.couplings.has_reached("shop-1", "demo"));
+        assert!(!off_plan.index.couplings.has_reached("shop-1", "demo"));
+        let changes = coupling_changes(&coupled.spec, Some(&off), &on);
+        assert_eq!(
+            changes,
+            [CouplingChange {
+                stage: "demo".into(),
+                release: "shop-1".into(),
+                reached: "demo".into(),
+                active: true
+            }]
+        );
+        assert_eq!(changes[0].reason(), reason::COUPLING_ACTIVATED);
+        assert!(coupling_changes(&coupled.spec, Some(&on), &on).is_empty());
+
+        let (back_off, _) = status_with(&rolled_back, Some(&on));
+        assert_eq!(back_off.stages[1], off.stages[1]);
+        let changes = coupling_changes(&coupled.spec, Some(&on), &back_off);
+        assert_eq!(changes.len(), 1);
+        assert!(!changes[0].active);
+        assert_eq!(changes[0].reason(), reason::COUPLING_DEACTIVATED);
+    }
+
+    #[test]
+    fn the_cache_keeps_a_digest_of_the_status_and_what_the_controller_reads() {
+        let coupled = shop_toggle(
+            "coupled",
+            5,
+            json!({"demo": {"rules": [
+                {"clients": ["acme"], "variant": "on", "when": {"release": "shop-1", "reached": "demo"}}
+            ]}}),
+        );
+        let reached = Arc::new(with_phases(
+            (*shop_release()).clone(),
+            ReleasePhase::Succeeded,
+            &[
+                ("dev", StagePhase::Succeeded),
+                ("demo", StagePhase::Succeeded),
+            ],
+        ));
+        let input =
+            ApplicationInput::new("team", "shop", [&coupled], std::slice::from_ref(&reached));
+        let (plan, _) = plan_application(&input);
+        let status = desired_status(&coupled, &plan, &[], at(0));
+        let mut cached = coupled.clone();
+        cached.spec.description = Some("long text".into());
+        cached.status = Some(status.clone());
+        compact_for_cache(&mut cached);
+        assert!(cached.spec.description.is_none());
+        assert!(status_unchanged(&cached, &status));
+        let compact = cached.status.clone().unwrap();
+        assert!(compact.conditions.iter().all(|c| c.message.is_empty()));
+        assert_eq!(
+            compact.stages[1].active_rules,
+            ["when shop-1 reached demo: clients [acme] -> on"]
+        );
+        assert!(compact.stages[1].flag_set_version.is_none());
+
+        // Planning again from the compact status gives the same status: no write.
+        let again = desired_status(&cached, &plan, &[], at(60));
+        assert_eq!(again, status);
+        assert!(status_unchanged(&cached, &again));
+        // A change is still seen, and so is the coupling going away.
+        let (plain_plan, _) = plan_application(&ApplicationInput::new(
+            "team",
+            "shop",
+            [&coupled],
+            &[shop_release()],
+        ));
+        let off = desired_status(&cached, &plain_plan, &[], at(60));
+        assert!(!status_unchanged(&cached, &off));
+        let changes = coupling_changes(&cached.spec, cached.status.as_ref(), &off);
+        assert_eq!(changes.len(), 1);
+        assert!(!changes[0].active);
+    }
+}

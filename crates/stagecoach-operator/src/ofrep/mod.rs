@@ -1,0 +1,38 @@
+//! The OpenFeature Remote Evaluation Protocol (OFREP v0.3.0) server: any OpenFeature SDK
+//! with an OFREP provider evaluates Stagecoach toggles without new code.
+//!
+//! # Base URL: one per application and stage
+//!
+//! ```text
+//! http://<operator>:8081/apps/{namespace}/{application}/stages/{stage}
+//! ```
+//!
+//! `{namespace}` is the namespace of the application's FeatureToggles and Releases (not
+//! the stage namespace), `{application}` is `spec.application`, `{stage}` a stage name
+//! of its Releases. An OFREP provider is given that URL as its base URL, for example
+//! `http://stagecoach.stagecoach-system:8081/apps/billing/billing/stages/demo`, and
+//! appends the protocol's paths to it:
+//!
+//! - `POST {base}/ofrep/v1/evaluate/flags/{key}`: one flag. 200
+//!   `{key, value, reason, variant, metadata}`; 400 `{key, errorCode, errorDetails}` with
+//!   PARSE_ERROR (the body is not JSON), INVALID_CONTEXT or TARGETING_KEY_MISSING (a split
+//!   needs the client's bucketBy attribute or a targetingKey); 404 FLAG_NOT_FOUND (also
+//!   for an application or stage that serves no toggles, or a toggle that is not served
+//!   because its spec is invalid or its key taken; errorDetails says which).
+//! - `POST {base}/ofrep/v1/evaluate/flags`: every flag of the stage, `{flags: [...],
+//!   metadata}` sorted by key, where a flag that cannot be evaluated for this context is
+//!   an entry `{key, errorCode, errorDetails}`. The response carries an `ETag` (the flag
+//!   set's version and the evaluation context); a request whose `If-None-Match` names it
+//!   gets 304 Not Modified. 400 `{errorCode, errorDetails}` for a body that is not JSON or
+//!   an invalid context; 404 for an application or stage that serves no toggles.
+//!
+//! `metadata` carries `flagSetVersion`, the same content version as the stage's ConfigMap.
+//! Answers come from [`FlagIndex`], which the toggle controller keeps current: no API call
+//! per request. The evaluation is [`stagecoach_engine::toggle::evaluate()`], so OFREP, the
+//! flagd flag set and the engine agree on every variant.
+
+mod index;
+mod server;
+
+pub use index::{AppFlags, FlagIndex};
+pub use server::serve;

@@ -1,0 +1,647 @@
+//! The OFREP HTTP routes: request parsing, evaluation from the [`FlagIndex`], and the
+//! protocol's response bodies. See the [module documentation](super) for the contract.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use stagecoach_engine::toggle::{
+    ErrorCode, Evaluation, EvaluationContext, EvaluationError, evaluate, flag_set_version,
+};
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use super::{AppFlags, FlagIndex};
+use crate::metrics::ToggleMetrics;
+
+/// Requests answered, by outcome; resolved once so a request only bumps an atomic.
+#[derive(Clone)]
+struct Counters {
+    single_ok: IntCounter,
+    single_bad_request: IntCounter,
+    single_not_found: IntCounter,
+    bulk_ok: IntCounter,
+    bulk_not_modified: IntCounter,
+    bulk_bad_request: IntCounter,
+    bulk_not_found: IntCounter,
+}
+
+impl Counters {
+    fn new(metrics: &ToggleMetrics) -> Self {
+        let counter = |endpoint, code| metrics.ofrep_requests.with_label_values(&[endpoint, code]);
+        Self {
+            single_ok: counter("single", "200"),
+            single_bad_request: counter("single", "400"),
+            single_not_found: counter("single", "404"),
+            bulk_ok: counter("bulk", "200"),
+            bulk_not_modified: counter("bulk", "304"),
+            bulk_bad_request: counter("bulk", "400"),
+            bulk_not_found: counter("bulk", "404"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct OfrepState {
+    index: FlagIndex,
+    counters: Arc<Counters>,
+}
+
+/// The OFREP routes under the per-application, per-stage base path.
+pub fn router(index: FlagIndex, metrics: &ToggleMetrics) -> Router {
+    const BASE: &str = "/apps/{namespace}/{application}/stages/{stage}/ofrep/v1/evaluate/flags";
+    Router::new()
+        .route(&format!("{BASE}/{{key}}"), post(evaluate_one))
+        .route(BASE, post(evaluate_all))
+        .with_state(OfrepState {
+            index,
+            counters: Arc::new(Counters::new(metrics)),
+        })
+}
+
+/// Serves OFREP on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    index: FlagIndex,
+    metrics: &ToggleMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(index, metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The request body of both endpoints; other fields are ignored.
+#[derive(Deserialize)]
+struct EvaluationRequest {
+    #[serde(default)]
+    context: Value,
+}
+
+/// A request that cannot be evaluated at all.
+struct BadRequest {
+    code: ErrorCode,
+    details: String,
+}
+
+fn parse_context(body: &[u8]) -> Result<(EvaluationContext, Value), BadRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((EvaluationContext::default(), Value::Null));
+    }
+    let request: EvaluationRequest = serde_json::from_slice(body).map_err(|error| BadRequest {
+        code: ErrorCode::ParseError,
+        details: format!("the request body is not a JSON evaluation request: {error}"),
+    })?;
+    let context =
+        EvaluationContext::from_json(request.context.clone()).map_err(|error| BadRequest {
+            code: error.code(),
+            details: error.to_string(),
+        })?;
+    Ok((context, request.context))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata<'a> {
+    flag_set_version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Success<'a> {
+    key: &'a str,
+    value: Value,
+    reason: &'static str,
+    variant: String,
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Failure<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    error_code: &'static str,
+    error_details: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BulkEntry<'a> {
+    Success(Success<'a>),
+    Failure(Failure<'a>),
+}
+
+#[derive(Serialize)]
+struct BulkSuccess<'a> {
+    flags: Vec<BulkEntry<'a>>,
+    metadata: Metadata<'a>,
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => {
+            warn!(%error, "cannot serialize an OFREP response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn success<'a>(key: &'a str, evaluation: Evaluation, version: &'a str) -> Success<'a> {
+    Success {
+        key,
+        value: evaluation.value,
+        reason: evaluation.reason.as_str(),
+        variant: evaluation.variant,
+        metadata: Metadata {
+            flag_set_version: version,
+        },
+    }
+}
+
+/// What `application` serves in `stage`: its flags and the stage's flag-set version.
+fn served(
+    index: &FlagIndex,
+    namespace: &str,
+    application: &str,
+    stage: &str,
+) -> Result<(Arc<AppFlags>, String), String> {
+    let app = index
+        .application(namespace, application)
+        .ok_or_else(|| missing_stage(index, namespace, application, stage))?;
+    let version = app
+        .stages
+        .get(stage)
+        .cloned()
+        .ok_or_else(|| missing_stage(index, namespace, application, stage))?;
+    Ok((app, version))
+}
+
+/// Why `application` serves nothing in `stage`, for errorDetails.
+fn missing_stage(index: &FlagIndex, namespace: &str, application: &str, stage: &str) -> String {
+    match index.application(namespace, application) {
+        None => format!(
+            "application {application} in namespace {namespace} has no FeatureToggle served \
+             by this operator"
+        ),
+        Some(app) => {
+            let mut stages: Vec<&str> = app.stages.keys().map(String::as_str).collect();
+            stages.sort_unstable();
+            format!(
+                "application {application} in namespace {namespace} has no stage {stage} \
+                 (its stages: {})",
+                stages.join(", ")
+            )
+        }
+    }
+}
+
+/// `POST {base}/ofrep/v1/evaluate/flags/{key}`
+async fn evaluate_one(
+    State(server): State<OfrepState>,
+    Path((namespace, application, stage, key)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let counters = &server.counters;
+    let failure = |status: StatusCode, code: ErrorCode, details: String| {
+        if status == StatusCode::NOT_FOUND {
+            counters.single_not_found.inc();
+        } else {
+            counters.single_bad_request.inc();
+        }
+        json_response(
+            status,
+            &Failure {
+                key: Some(&key),
+                error_code: code.as_str(),
+                error_details: details,
+            },
+        )
+    };
+    let context = match parse_context(&body) {
+        Ok((context, _)) => context,
+        Err(bad) => return failure(StatusCode::BAD_REQUEST, bad.code, bad.details),
+    };
+    let (app, version) = match served(&server.index, &namespace, &application, &stage) {
+        Ok(found) => found,
+        Err(details) => return failure(StatusCode::NOT_FOUND, ErrorCode::FlagNotFound, details),
+    };
+    let toggle = app
+        .flags
+        .get(&key)
+        .and_then(|name| server.index.toggle(&namespace, name));
+    let Some(toggle) = toggle else {
+        let details = app.not_served.get(&key).cloned().unwrap_or_else(|| {
+            format!("flag {key:?} is not a FeatureToggle key of application {application}")
+        });
+        return failure(StatusCode::NOT_FOUND, ErrorCode::FlagNotFound, details);
+    };
+    match evaluate(&key, &toggle.spec, &stage, &context, &app.couplings) {
+        Ok(evaluation) => {
+            counters.single_ok.inc();
+            json_response(StatusCode::OK, &success(&key, evaluation, &version))
+        }
+        Err(error) => {
+            let status = match error.code() {
+                ErrorCode::FlagNotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            failure(status, error.code(), error.to_string())
+        }
+    }
+}
+
+/// The bulk response's entity tag: the flag set's version and the evaluation context,
+/// since both decide the answers.
+fn entity_tag(version: &str, context: &Value) -> String {
+    let digest = flag_set_version(&json!({"flagSet": version, "context": context}));
+    let hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
+    format!("\"{}\"", &hex[..hex.len().min(32)])
+}
+
+/// Whether an `If-None-Match` header names `etag` (or is `*`); weak tags compare by value.
+fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == "*" || tag == etag)
+}
+
+/// `POST {base}/ofrep/v1/evaluate/flags`
+async fn evaluate_all(
+    State(server): State<OfrepState>,
+    Path((namespace, application, stage)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let counters = &server.counters;
+    let failure = |status: StatusCode, code: ErrorCode, details: String| {
+        if status == StatusCode::NOT_FOUND {
+            counters.bulk_not_found.inc();
+        } else {
+            counters.bulk_bad_request.inc();
+        }
+        json_response(
+            status,
+            &Failure {
+                key: None,
+                error_code: code.as_str(),
+                error_details: details,
+            },
+        )
+    };
+    let (context, raw_context) = match parse_context(&body) {
+        Ok(parsed) => parsed,
+        Err(bad) => return failure(StatusCode::BAD_REQUEST, bad.code, bad.details),
+    };
+    let (app, version) = match served(&server.index, &namespace, &application, &stage) {
+        Ok(found) => found,
+        Err(details) => return failure(StatusCode::NOT_FOUND, ErrorCode::General, details),
+    };
+    let etag = entity_tag(&version, &raw_context);
+    let etag_header = HeaderValue::from_str(&etag).ok();
+    if matches_etag(&headers, &etag) {
+        counters.bulk_not_modified.inc();
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Some(value) = etag_header {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return response;
+    }
+    let entries = app
+        .flags
+        .iter()
+        .filter_map(|(key, name)| Some((key, server.index.toggle(&namespace, name)?)))
+        .map(
+            |(key, toggle)| match evaluate(key, &toggle.spec, &stage, &context, &app.couplings) {
+                Ok(evaluation) => BulkEntry::Success(success(key, evaluation, &version)),
+                Err(error) => BulkEntry::Failure(bulk_failure(key, &error)),
+            },
+        )
+        .collect();
+    let body = BulkSuccess {
+        flags: entries,
+        metadata: Metadata {
+            flag_set_version: &version,
+        },
+    };
+    counters.bulk_ok.inc();
+    let mut response = json_response(StatusCode::OK, &body);
+    if let Some(value) = etag_header {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn bulk_failure<'a>(key: &'a str, error: &EvaluationError) -> Failure<'a> {
+    Failure {
+        key: Some(key),
+        error_code: error.code().as_str(),
+        error_details: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use axum::http::Request;
+    use kube::runtime::{reflector, watcher};
+    use stagecoach_api::FeatureToggle;
+    use stagecoach_engine::toggle::ActiveCouplings;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::ofrep::AppFlags;
+
+    const BASE: &str = "/apps/team/shop/stages/demo/ofrep/v1/evaluate/flags";
+
+    fn toggle(name: &str, spec: Value) -> FeatureToggle {
+        let mut toggle = FeatureToggle::new(name, serde_json::from_value(spec).unwrap());
+        toggle.metadata.namespace = Some("team".into());
+        toggle
+    }
+
+    fn toggles() -> [FeatureToggle; 2] {
+        [
+            toggle(
+                "new-ui",
+                json!({
+                    "application": "shop",
+                    "variants": {"on": true, "off": false},
+                    "defaultVariant": "off",
+                    "stages": {"demo": {"rules": [
+                        {"clients": ["acme"], "variant": "on"},
+                        {"split": {"on": 50, "off": 50}}
+                    ]}}
+                }),
+            ),
+            toggle(
+                "colour-toggle",
+                json!({
+                    "application": "shop",
+                    "key": "color",
+                    "variants": {"red": "#f00", "blue": "#00f"},
+                    "defaultVariant": "red",
+                    "stages": {"demo": {"state": "Disabled"}}
+                }),
+            ),
+        ]
+    }
+
+    fn index() -> FlagIndex {
+        let (store, mut writer) = reflector::store();
+        for toggle in toggles() {
+            writer.apply_watcher_event(&watcher::Event::Apply(toggle));
+        }
+        let index = FlagIndex::new(store);
+        index.publish(
+            "team",
+            "shop",
+            Arc::new(AppFlags {
+                stages: HashMap::from([("demo".to_owned(), "sha256:abc".to_owned())]),
+                couplings: ActiveCouplings::none(),
+                flags: BTreeMap::from([
+                    ("new-ui".to_owned(), "new-ui".to_owned()),
+                    ("color".to_owned(), "colour-toggle".to_owned()),
+                ]),
+                not_served: BTreeMap::from([(
+                    "broken".to_owned(),
+                    "flag \"broken\" is not served: bad".to_owned(),
+                )]),
+            }),
+        );
+        index
+    }
+
+    async fn call(
+        router: &Router,
+        method: &str,
+        path: &str,
+        body: &str,
+        if_none_match: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(tag) = if_none_match {
+            request = request.header(header::IF_NONE_MATCH, tag);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, value)
+    }
+
+    fn router() -> Router {
+        super::router(index(), Metrics::new().unwrap().toggles())
+    }
+
+    #[tokio::test]
+    async fn single_evaluations_answer_as_the_engine() {
+        let router = router();
+        let url = format!("{BASE}/new-ui");
+        let (status, headers, body) = call(
+            &router,
+            "POST",
+            &url,
+            r#"{"context":{"clientId":"acme"}}"#,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            body,
+            json!({"key": "new-ui", "value": true, "reason": "TARGETING_MATCH", "variant": "on",
+                   "metadata": {"flagSetVersion": "sha256:abc"}})
+        );
+
+        let spec = toggles()[0].spec.clone();
+        for client in ["globex", "initech", "umbrella", "hooli"] {
+            let (status, _, body) = call(
+                &router,
+                "POST",
+                &url,
+                &json!({"context": {"targetingKey": client}}).to_string(),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let expected = evaluate(
+                "new-ui",
+                &spec,
+                "demo",
+                &EvaluationContext::with_targeting_key(client),
+                &ActiveCouplings::none(),
+            )
+            .unwrap();
+            assert_eq!(body["reason"], "SPLIT");
+            assert_eq!(body["variant"], expected.variant.as_str());
+            assert_eq!(body["value"], expected.value);
+        }
+
+        let (_, _, body) = call(&router, "POST", &format!("{BASE}/color"), "{}", None).await;
+        assert_eq!(body["reason"], "DISABLED");
+        assert_eq!(body["value"], "#f00");
+        // An empty body is an empty context.
+        let (status, _, body) = call(&router, "POST", &format!("{BASE}/color"), "", None).await;
+        assert_eq!((status, &body["variant"]), (StatusCode::OK, &json!("red")));
+    }
+
+    #[tokio::test]
+    async fn single_errors_follow_the_protocol() {
+        let router = router();
+        let url = format!("{BASE}/new-ui");
+        let cases = [
+            (
+                url.as_str(),
+                "{not json",
+                StatusCode::BAD_REQUEST,
+                "PARSE_ERROR",
+            ),
+            (
+                url.as_str(),
+                r#"{"context": [1]}"#,
+                StatusCode::BAD_REQUEST,
+                "INVALID_CONTEXT",
+            ),
+            (
+                url.as_str(),
+                r#"{"context": {"targetingKey": 7}}"#,
+                StatusCode::BAD_REQUEST,
+                "INVALID_CONTEXT",
+            ),
+            (
+                url.as_str(),
+                r#"{"context": {}}"#,
+                StatusCode::BAD_REQUEST,
+                "TARGETING_KEY_MISSING",
+            ),
+        ];
+        for (path, body, expected_status, code) in cases {
+            let (status, _, answer) = call(&router, "POST", path, body, None).await;
+            assert_eq!(status, expected_status, "{body}: {answer}");
+            assert_eq!(answer["errorCode"], code, "{body}: {answer}");
+            assert_eq!(answer["key"], "new-ui");
+            assert!(
+                answer["errorDetails"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty())
+            );
+        }
+        let (status, _, answer) = call(&router, "POST", &format!("{BASE}/nope"), "{}", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(answer["errorCode"], "FLAG_NOT_FOUND");
+        assert_eq!(answer["key"], "nope");
+        let (status, _, answer) =
+            call(&router, "POST", &format!("{BASE}/broken"), "{}", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            answer["errorDetails"]
+                .as_str()
+                .unwrap()
+                .contains("not served")
+        );
+        let (status, _, answer) = call(
+            &router,
+            "POST",
+            "/apps/team/shop/stages/prod/ofrep/v1/evaluate/flags/new-ui",
+            "{}",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            answer["errorDetails"]
+                .as_str()
+                .unwrap()
+                .contains("its stages: demo"),
+            "{answer}"
+        );
+        let (status, _, _) = call(&router, "GET", &url, "", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn bulk_evaluates_every_flag_with_etags() {
+        let router = router();
+        let context = r#"{"context": {"clientId": "acme"}}"#;
+        let (status, headers, body) = call(&router, "POST", BASE, context, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let keys: Vec<&str> = body["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["color", "new-ui"]);
+        assert_eq!(body["flags"][1]["variant"], "on");
+        assert_eq!(body["metadata"]["flagSetVersion"], "sha256:abc");
+        let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+
+        let (status, headers, _) = call(&router, "POST", BASE, context, Some(&etag)).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert_eq!(headers[header::ETAG], etag.as_str());
+        let (status, _, _) = call(
+            &router,
+            "POST",
+            BASE,
+            context,
+            Some(&format!("\"x\", W/{etag}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        // Another context gets other answers, so another tag.
+        let (status, headers, body) =
+            call(&router, "POST", BASE, r#"{"context": {}}"#, Some(&etag)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(headers[header::ETAG], etag.as_str());
+        assert_eq!(
+            body["flags"][1],
+            json!({"key": "new-ui", "errorCode": "TARGETING_KEY_MISSING",
+                   "errorDetails": body["flags"][1]["errorDetails"]})
+        );
+
+        let (status, _, body) = call(&router, "POST", BASE, "[", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errorCode"], "PARSE_ERROR");
+        assert!(body.get("key").is_none());
+        let (status, _, _) = call(
+            &router,
+            "POST",
+            "/apps/team/other/stages/demo/ofrep/v1/evaluate/flags",
+            "{}",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
