@@ -27,6 +27,8 @@ use crate::condition::Condition;
     printcolumn = r#"{"name":"Key","type":"string","jsonPath":".status.key"}"#,
     printcolumn = r#"{"name":"Application","type":"string","jsonPath":".spec.application"}"#,
     printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.defaultVariant"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
