@@ -106,6 +106,28 @@ fn python_sdk() -> Result<std::path::PathBuf> {
     Ok(python)
 }
 
+/// The OFREP benchmark's load generator: `wrk`, installed from Debian when missing.
+fn ensure_wrk() -> Result<()> {
+    let present = |()| Command::new("wrk").arg("--version").output().is_ok();
+    if present(()) {
+        return Ok(());
+    }
+    let mut install = Command::new("sh");
+    install.args([
+        "-c",
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk",
+    ]);
+    run(
+        "apt-get install wrk (the OFREP benchmark's load generator)",
+        install,
+    )
+    .context("the OFREP benchmark needs wrk; install it (Debian: apt-get install -y wrk)")?;
+    if !present(()) {
+        bail!("wrk is still not on PATH after installing it");
+    }
+    Ok(())
+}
+
 fn run(step: &str, mut cmd: Command) -> Result<()> {
     let started = Instant::now();
     eprintln!("\n==> {step}");
@@ -215,6 +237,7 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
 /// throughput and memory) against a fresh control plane and a release build of the
 /// operator. They print their numbers; they assert nothing about speed.
 pub fn run_benchmarks() -> Result<()> {
+    ensure_wrk()?;
     run(
         "release build of the operator",
         cargo(&["build", "--release", "-p", "stagecoach-operator"]),
@@ -229,16 +252,13 @@ pub fn run_benchmarks() -> Result<()> {
         "test",
         "-p",
         "stagecoach-e2e",
-        "--tests",
-        "--",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "bench_",
+        "--bench",
+        "release",
+        "--bench",
+        "ofrep",
     ]);
     bench
         .env("KUBECONFIG", cluster.kubeconfig())
-        .env("STAGECOACH_BENCH", "1")
         .env(
             "STAGECOACH_BIN",
             workspace_root().join("target/release/stagecoach"),

@@ -15,6 +15,7 @@ pub mod duration;
 pub mod names;
 pub mod policy;
 pub mod release;
+pub mod sorted_map;
 pub mod toggle;
 
 pub use condition::{Condition, ConditionStatus};

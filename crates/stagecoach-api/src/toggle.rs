@@ -1,13 +1,12 @@
 //! `FeatureToggle`: a feature flag with per-stage state, client lists, sticky
 //! percentage splits and coupling to a release reaching a stage.
 
-use std::collections::BTreeMap;
-
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::condition::Condition;
+use crate::sorted_map::SortedMap;
 
 /// A FeatureToggle is an OpenFeature flag of one application, evaluated per stage: it
 /// can be on for chosen clients (tenants) before everyone else, phased in by sticky
@@ -54,7 +53,7 @@ pub struct FeatureToggleSpec {
     /// The values the flag can take, by variant name, such as {on: true, off: false}. All
     /// values have one type: boolean, string, number or object.
     #[schemars(schema_with = "variants_schema")]
-    pub variants: BTreeMap<String, serde_json::Value>,
+    pub variants: SortedMap<serde_json::Value>,
 
     /// Variant served where no stage setting or rule decides otherwise.
     #[schemars(length(min = 1, max = 63))]
@@ -69,7 +68,7 @@ pub struct FeatureToggleSpec {
 
     /// Settings per stage name (dev, qa, demo, prod...). A stage not listed serves
     /// defaultVariant.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = 16,
         "x-kubernetes-validations" = [{
@@ -77,7 +76,7 @@ pub struct FeatureToggleSpec {
             "message": "stage keys must be stage names: 1-20 lower-case letters, digits and '-'"
         }]
     ))]
-    pub stages: BTreeMap<String, ToggleStage>,
+    pub stages: SortedMap<ToggleStage>,
 }
 
 /// The toggle's behaviour in one stage.
@@ -147,7 +146,7 @@ pub struct ToggleRule {
             "message": "split percentages must each be between 0 and 100 and sum to 100"
         }]
     ))]
-    pub split: Option<BTreeMap<String, i32>>,
+    pub split: Option<SortedMap<i32>>,
     /// Apply this rule only once a release has reached a stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<ReleaseCoupling>,

@@ -114,10 +114,10 @@ mod tests {
             application: "billing".into(),
             key: None,
             description: None,
-            variants: BTreeMap::from([("on".to_owned(), serde_json::json!(true))]),
+            variants: BTreeMap::from([("on".to_owned(), serde_json::json!(true))]).into(),
             default_variant: default_variant.into(),
             bucket_by: None,
-            stages: BTreeMap::new(),
+            stages: BTreeMap::new().into(),
         }
     }
 

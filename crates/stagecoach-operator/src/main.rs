@@ -5,6 +5,7 @@ mod cli;
 mod context;
 mod controller;
 mod error;
+mod events;
 mod logging;
 mod metrics;
 mod ofrep;
@@ -17,6 +18,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, RunArgs};
+
+/// mimalloc rather than the system allocator: see the `mimalloc` line in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     match Cli::parse().command {

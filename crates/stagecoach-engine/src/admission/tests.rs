@@ -79,10 +79,11 @@ fn toggle() -> FeatureToggleSpec {
         variants: BTreeMap::from([
             ("on".to_owned(), serde_json::json!(true)),
             ("off".to_owned(), serde_json::json!(false)),
-        ]),
+        ])
+        .into(),
         default_variant: "off".into(),
         bucket_by: None,
-        stages: BTreeMap::new(),
+        stages: BTreeMap::new().into(),
     }
 }
 

@@ -1,9 +1,8 @@
 //! One stage of one toggle, reduced to what is served there now: the single reading of a
 //! spec shared by evaluation, flagd rendering and status descriptions.
 
-use std::collections::BTreeMap;
-
 use stagecoach_api::FeatureToggleSpec;
+use stagecoach_api::sorted_map::SortedMap;
 use stagecoach_api::toggle::{ClientId, ReleaseCoupling, ToggleState};
 
 use super::{ActiveCouplings, DEFAULT_BUCKET_BY};
@@ -89,7 +88,7 @@ pub(crate) fn plan_stage<'a>(
     }
 }
 
-fn split_weights(split: &BTreeMap<String, i32>) -> Vec<(&str, u32)> {
+fn split_weights(split: &SortedMap<i32>) -> Vec<(&str, u32)> {
     split
         .iter()
         .map(|(variant, &weight)| (variant.as_str(), u32::try_from(weight).unwrap_or(0)))

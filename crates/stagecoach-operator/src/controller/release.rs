@@ -198,10 +198,7 @@ async fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
             },
             reason: planned.reason.to_owned(),
             note: Some(planned.message.chars().take(1000).collect()),
-            // The recorder folds Events with the same type, reason and action into one
-            // series; the message as action keeps "stage qa started" apart from "stage
-            // dev started" while a real repeat still folds.
-            action: planned.message.chars().take(128).collect(),
+            action: "Rollout".into(),
             secondary: None,
         };
         // Events are best effort: the timeline in status is the durable record.

@@ -1,10 +1,10 @@
 //! Benchmarks of the release engine on the real control plane with the real operator.
 //! Not tests: they print numbers and assert nothing about speed. Run them with
 //! `cargo xtask bench` (a fresh control plane and a release build of the operator), or by
-//! hand with STAGECOACH_BENCH=1, KUBECONFIG and STAGECOACH_BIN set:
+//! hand with KUBECONFIG and STAGECOACH_BIN set:
 //!
 //! ```text
-//! STAGECOACH_BENCH=1 cargo test -p stagecoach-e2e --test bench -- --ignored --nocapture
+//! cargo test -p stagecoach-e2e --bench release
 //! ```
 //!
 //! STAGECOACH_BENCH_RUNS sets the number of repetitions (default 20).
@@ -325,13 +325,7 @@ impl Bench {
     }
 }
 
-#[tokio::test]
-#[ignore = "benchmark: run with cargo xtask bench"]
 async fn bench_rollback_latency() -> Result<()> {
-    if std::env::var("STAGECOACH_BENCH").as_deref() != Ok("1") {
-        println!("benchmark skipped: set STAGECOACH_BENCH=1 (cargo xtask bench does)");
-        return Ok(());
-    }
     let client = client().await?;
     install_crds(&client).await?;
     let pipeline = Pipeline::create(
@@ -377,11 +371,19 @@ async fn bench_rollback_latency() -> Result<()> {
     ]);
     println!(
         "targets (issue 3): p99 rollback latency < 1000 ms; step overhead < 1000 ms\n\
-         measured with: STAGECOACH_BENCH=1 cargo test -p stagecoach-e2e --test bench -- --ignored --nocapture (cargo xtask bench)"
+         measured with: cargo xtask bench (cargo test -p stagecoach-e2e --bench release)"
     );
     let Bench {
         pipeline, operator, ..
     } = bench;
     operator.stop().await?;
     pipeline.delete().await
+}
+
+/// A benchmark, not a test (`harness = false`): `cargo xtask bench` runs it.
+fn main() -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench_rollback_latency())
 }
