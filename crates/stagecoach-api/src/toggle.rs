@@ -189,6 +189,12 @@ pub struct FeatureToggleStatus {
     /// What is served in each stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<ToggleStageStatus>,
+    /// Not part of the API (never serialized, not in the schema): the operator caches
+    /// every toggle with a compact status and keeps here a digest of the full one, to
+    /// tell whether a status it computes is already written.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub cache_digest: Option<u64>,
 }
 
 /// What is served for the toggle in one stage.

@@ -69,6 +69,7 @@ pub fn plan_toggle_status(
 ) -> FeatureToggleStatus {
     let mut status = current.cloned().unwrap_or_default();
     status.observed_generation = generation;
+    status.cache_digest = None;
     let accepted = accepted_condition(&check_feature_toggle(spec), generation, now);
     condition::upsert(&mut status.conditions, accepted);
     status

@@ -463,24 +463,21 @@ pub fn desired_status(
     status
 }
 
-/// Annotation on the operator's cached copy of a toggle (never written to the API): a
-/// digest of the status the API server has, whose bulky parts the cache drops.
-pub const STATUS_DIGEST: &str = "stagecoach.dev/status-digest";
-
 /// A digest of a status: equal statuses, equal digests.
-pub fn status_digest(status: &FeatureToggleStatus) -> String {
+pub fn status_digest(status: &FeatureToggleStatus) -> u64 {
     let mut hasher = DefaultHasher::new();
     serde_json::to_vec(status)
         .unwrap_or_default()
         .hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    hasher.finish()
 }
 
 /// Shrinks a toggle for the reflector cache, which holds every toggle for the operator's
-/// lifetime: the status is replaced by its digest ([`STATUS_DIGEST`]) plus the little
+/// lifetime: the status is replaced by its digest (`status.cache_digest`) plus the little
 /// the controller reads from it (condition status, reason and time; the coupled rules
-/// active per stage), and the description and annotations, which nothing reads, go.
-/// [`status_unchanged`] compares a desired status with the digest.
+/// active per stage, for the stages that have coupled rules), and the description and
+/// annotations, which nothing reads, go. [`status_unchanged`] compares a desired status
+/// with the digest.
 pub fn compact_for_cache(toggle: &mut FeatureToggle) {
     toggle.spec.description = None;
     toggle.metadata.annotations = None;
@@ -489,24 +486,28 @@ pub fn compact_for_cache(toggle: &mut FeatureToggle) {
         for condition in &mut status.conditions {
             condition.message = String::new();
         }
+        // Only coupled rules are compared with the cached status ([`coupling_changes`]).
+        let spec = &toggle.spec;
+        status.stages.retain(|stage| {
+            spec.stages
+                .get(&stage.name)
+                .is_some_and(|s| s.rules.iter().any(|r| r.when.is_some()))
+        });
+        status.stages.shrink_to_fit();
         for stage in &mut status.stages {
             stage.flag_set_version = None;
             stage.config_map = None;
             stage.active_rules.retain(|rule| rule.starts_with("when "));
         }
-        toggle.metadata.annotations = Some(BTreeMap::from([(STATUS_DIGEST.to_owned(), digest)]));
+        status.cache_digest = Some(digest);
     }
 }
 
 /// Whether `toggle` (from the cache) already has `desired` as its status.
 pub fn status_unchanged(toggle: &FeatureToggle, desired: &FeatureToggleStatus) -> bool {
-    let cached_digest = toggle
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(STATUS_DIGEST));
+    let cached_digest = toggle.status.as_ref().and_then(|s| s.cache_digest);
     match cached_digest {
-        Some(digest) => *digest == status_digest(desired),
+        Some(digest) => digest == status_digest(desired),
         None => toggle.status.as_ref() == Some(desired),
     }
 }
@@ -909,11 +910,15 @@ mod tests {
         assert!(status_unchanged(&cached, &status));
         let compact = cached.status.clone().unwrap();
         assert!(compact.conditions.iter().all(|c| c.message.is_empty()));
+        // Only the stage with a coupled rule is kept.
+        assert_eq!(status.stages.len(), 2);
+        assert_eq!(compact.stages.len(), 1);
+        assert_eq!(compact.stages[0].name, "demo");
         assert_eq!(
-            compact.stages[1].active_rules,
+            compact.stages[0].active_rules,
             ["when shop-1 reached demo: clients [acme] -> on"]
         );
-        assert!(compact.stages[1].flag_set_version.is_none());
+        assert!(compact.stages[0].flag_set_version.is_none());
 
         // Planning again from the compact status gives the same status: no write.
         let again = desired_status(&cached, &plan, &[], at(60));
