@@ -476,6 +476,11 @@ impl Operator {
     /// that operators of tests running at the same time never act on each other's
     /// releases.
     pub fn start(name: &str, namespace: &str) -> Result<Self> {
+        Self::start_with_env(name, namespace, &[])
+    }
+
+    /// [`Operator::start`] with extra environment variables (a KUBECONFIG of its own, say).
+    pub fn start_with_env(name: &str, namespace: &str, env: &[(&str, &str)]) -> Result<Self> {
         let port = free_port()?;
         let ofrep_port = free_port()?;
         let admin = format!("http://127.0.0.1:{port}");
@@ -500,6 +505,7 @@ impl Operator {
             ])
             // Its OFREP server too needs a port of its own (older builds ignore this).
             .env("STAGECOACH_OFREP_ADDR", format!("127.0.0.1:{ofrep_port}"))
+            .envs(env.iter().copied())
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .kill_on_drop(true)

@@ -1,6 +1,8 @@
 //! The Helm chart renders with a real helm and everything it renders is accepted by the
 //! real API server (server-side dry-run); the operator's pod passes the Pod Security
-//! "restricted" profile, enforced by the API server's admission.
+//! "restricted" profile, enforced by the API server's admission; and the operator does
+//! its work (a release rolled out, a toggle's flag set written, Events) with nothing but
+//! the chart's ClusterRole.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,13 +12,17 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use serde_json::{Value, json};
-use stagecoach_e2e::{TestNamespace, client, install_crds, repo_root};
+use stagecoach_e2e::{
+    E2E_LABEL, Operator, Pipeline, TestNamespace, client, eventually, install_crds,
+    release_manifest, repo_root,
+};
 
 fn helm() -> Result<PathBuf> {
     let helm = std::env::var_os("HELM_BIN").map(PathBuf::from).context(
@@ -216,4 +222,175 @@ async fn operator_pod_meets_the_restricted_pod_security_profile() -> Result<()> 
         other => bail!("a privileged pod should violate the restricted profile, got {other:?}"),
     }
     ns.delete().await
+}
+
+/// A kubeconfig for `namespace/service_account`: the test cluster's server and CA, with a
+/// token from the TokenRequest API.
+async fn service_account_kubeconfig(
+    client: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+) -> Result<PathBuf> {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), namespace);
+    let request: Value = accounts
+        .create_subresource(
+            "token",
+            service_account,
+            &PostParams::default(),
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                    "spec": {"expirationSeconds": 3600}}),
+        )
+        .await
+        .context("requesting a ServiceAccount token")?;
+    let token = request["status"]["token"]
+        .as_str()
+        .context("no token in the TokenRequest")?;
+    let admin = std::env::var_os("KUBECONFIG").context("KUBECONFIG is not set")?;
+    let mut config: Value = serde_yaml::from_str(&std::fs::read_to_string(&admin)?)?;
+    for user in config["users"].as_array_mut().context("kubeconfig users")? {
+        user["user"] = json!({"token": token});
+    }
+    let path = std::env::temp_dir().join(format!("stagecoach-e2e-{namespace}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and helm: run `cargo xtask test`"]
+async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let pipeline = Pipeline::create(&client, "rbac", &[("dev", 1)], "example/api:1.0.0").await?;
+    let ns = pipeline.home.name.clone();
+    let dev = pipeline.namespace("dev").to_owned();
+
+    // The chart's ClusterRole, under a name of this test, bound to a ServiceAccount.
+    let docs = render(&ns, &[])?;
+    let mut role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .cloned()
+        .context("no ClusterRole")?;
+    let role_name = format!("{ns}-operator");
+    role["metadata"] = json!({"name": role_name, "labels": {E2E_LABEL: "true"}});
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    roles
+        .create(&PostParams::default(), &serde_json::from_value(role)?)
+        .await?;
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role_name, "labels": {E2E_LABEL: "true"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+                "subjects": [{"kind": "ServiceAccount", "name": "stagecoach", "namespace": ns}]
+            }))?,
+        )
+        .await?;
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "stagecoach"}}))?,
+        )
+        .await?;
+    let kubeconfig = service_account_kubeconfig(&client, &ns, "stagecoach").await?;
+    let kubeconfig = kubeconfig.display().to_string();
+    let operator = Operator::start_with_env("rbac", &ns, &[("KUBECONFIG", &kubeconfig)])?;
+    operator.wait_ready().await?;
+
+    // A release rolled out to dev, and a toggle served there.
+    let dynamic = |kind: &str| {
+        Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            &ns,
+            &kube::core::ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "stagecoach.dev",
+                "v1alpha1",
+                kind,
+            )),
+        )
+    };
+    let release = release_manifest(
+        "api-1.1.0",
+        "api",
+        "1.1.0",
+        "example/api:1.1.0",
+        &[json!({"name": "dev", "namespace": dev})],
+    );
+    dynamic("Release")
+        .create(&PostParams::default(), &serde_json::from_value(release)?)
+        .await?;
+    let toggle = json!({
+        "apiVersion": "stagecoach.dev/v1alpha1", "kind": "FeatureToggle",
+        "metadata": {"name": "fast-path"},
+        "spec": {"application": "api", "variants": {"on": true, "off": false},
+                 "defaultVariant": "off", "stages": {"dev": {"defaultVariant": "on"}}}
+    });
+    dynamic("FeatureToggle")
+        .create(&PostParams::default(), &serde_json::from_value(toggle)?)
+        .await?;
+    let phase = eventually(Duration::from_secs(90), || async {
+        let r = dynamic("Release").get("api-1.1.0").await?;
+        let phase = r.data["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(["EarlyLifeSupport", "Succeeded", "RolledBack", "Failed"]
+            .contains(&phase.as_str())
+            .then_some(phase))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the release never finished; log:\n{}",
+            operator.log_tail(40)
+        )
+    })?;
+    assert_eq!(phase, "EarlyLifeSupport", "log:\n{}", operator.log_tail(40));
+    let ready = eventually(Duration::from_secs(30), || async {
+        let t = dynamic("FeatureToggle").get("fast-path").await?;
+        Ok(t.data["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready" && c["status"] == "True")
+            .cloned())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the toggle was never Ready; log:\n{}",
+            operator.log_tail(40)
+        )
+    })?;
+    assert_eq!(ready["reason"], "Served");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &dev);
+    let flags = config_maps.get("stagecoach-flags").await?;
+    assert!(
+        flags
+            .data
+            .unwrap_or_default()
+            .get("flags.json")
+            .is_some_and(|f| f.contains("fast-path")),
+        "the flag set in {dev} holds the toggle"
+    );
+    let log = operator.log_text();
+    assert!(
+        !log.contains("forbidden"),
+        "the operator was refused something it needs; add it to the chart's ClusterRole:\n{log}"
+    );
+
+    operator.stop().await?;
+    roles
+        .delete(&role_name, &kube::api::DeleteParams::default())
+        .await?;
+    bindings
+        .delete(&role_name, &kube::api::DeleteParams::default())
+        .await?;
+    pipeline.delete().await
 }
