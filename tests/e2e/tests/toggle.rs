@@ -763,3 +763,97 @@ async fn toggles_are_served_per_stage_and_follow_a_release() -> Result<()> {
     }
     home.delete().await
 }
+
+/// A stage namespace that does not exist yet: the flag set cannot be written there, the
+/// toggle is still Accepted and reports Ready=False FlagSetNotWritten (the other stage is
+/// written), and once the namespace exists the retry writes it and Ready turns True.
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn a_flag_set_that_cannot_be_written_is_a_condition_and_is_retried() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let home = TestNamespace::create(&client, "unwritten").await?;
+    let ns = home.name.clone();
+    let dev = stage_namespace(&client, &ns, "dev").await?;
+    let later = format!("{ns}-later");
+    let operator = stagecoach_e2e::Operator::start_ready("unwritten", &ns).await?;
+    let releases: Api<Release> = Api::namespaced(client.clone(), &ns);
+    let toggles: Api<FeatureToggle> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &releases,
+        json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": "shop-1.0.0"},
+            "spec": {
+                "application": "shop", "version": "1.0.0", "paused": true,
+                "workloads": [{"deployment": "api", "containers": [{"name": "api", "image": "example/api:1.0.0"}]}],
+                "stages": [{"name": "dev", "namespace": dev}, {"name": "later", "namespace": later}]
+            }
+        }),
+    )
+    .await?;
+    apply(
+        &toggles,
+        toggle(
+            "fast-path",
+            json!({"application": "shop", "variants": {"on": true, "off": false}, "defaultVariant": "off"}),
+        ),
+    )
+    .await?;
+
+    let failing = eventually(Duration::from_secs(30), || async {
+        let t = toggles.get("fast-path").await?;
+        Ok(ready_reason(&t)
+            .filter(|(_, reason)| reason == "FlagSetNotWritten")
+            .map(|_| t))
+    })
+    .await
+    .with_context(|| format!("no FlagSetNotWritten; log:\n{}", operator.log_text()))?;
+    let conditions = &failing.status.as_ref().context("status")?.conditions;
+    let accepted = conditions.iter().find(|c| c.r#type == "Accepted");
+    assert_eq!(
+        accepted.map(|c| format!("{:?}", c.status)).as_deref(),
+        Some("True"),
+        "a failed write does not block Accepted: {conditions:?}"
+    );
+    let ready = conditions
+        .iter()
+        .find(|c| c.r#type == "Ready")
+        .context("Ready")?;
+    assert!(
+        ready.message.contains(&format!("{later}/stagecoach-flags")),
+        "the message names the ConfigMap: {}",
+        ready.message
+    );
+    let dev_flags: Api<ConfigMap> = Api::namespaced(client.clone(), &dev);
+    assert!(
+        dev_flags.get_opt("stagecoach-flags").await?.is_some(),
+        "the stage that can be written is written"
+    );
+
+    // The namespace appears: the retry writes the flag set and Ready turns True.
+    let created = stage_namespace(&client, &ns, "later").await?;
+    eventually(Duration::from_secs(60), || async {
+        let t = toggles.get("fast-path").await?;
+        Ok(ready_reason(&t)
+            .filter(|(status, _)| status == "True")
+            .map(|_| ()))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "never Ready after the namespace appeared; log:\n{}",
+            operator.log_text()
+        )
+    })?;
+    let later_flags: Api<ConfigMap> = Api::namespaced(client.clone(), &created);
+    assert!(later_flags.get_opt("stagecoach-flags").await?.is_some());
+
+    operator.stop().await?;
+    for name in [dev, created] {
+        Api::<Namespace>::all(client.clone())
+            .delete(&name, &DeleteParams::background())
+            .await?;
+    }
+    home.delete().await
+}
