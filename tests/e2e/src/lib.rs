@@ -468,6 +468,7 @@ pub fn operator_binary() -> PathBuf {
 pub struct Operator {
     child: Child,
     admin: String,
+    ofrep: String,
     log: PathBuf,
 }
 
@@ -503,7 +504,7 @@ impl Operator {
                 "--log-format",
                 "json",
             ])
-            // Its OFREP server too needs a port of its own (older builds ignore this).
+            // Its OFREP server too needs a port of its own.
             .env("STAGECOACH_OFREP_ADDR", format!("127.0.0.1:{ofrep_port}"))
             .envs(env.iter().copied())
             .stdout(Stdio::from(file.try_clone()?))
@@ -512,7 +513,12 @@ impl Operator {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         println!("operator log: {}", log.display());
-        Ok(Self { child, admin, log })
+        Ok(Self {
+            child,
+            admin,
+            ofrep: format!("http://127.0.0.1:{ofrep_port}"),
+            log,
+        })
     }
 
     /// [`Operator::start`], then waits until `/readyz` answers 200 (caches synced).
@@ -553,6 +559,11 @@ impl Operator {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    /// Where its OFREP server answers, as `http://127.0.0.1:<port>`.
+    pub fn ofrep_url(&self) -> &str {
+        &self.ofrep
     }
 
     /// The log so far.

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -27,11 +26,13 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use stagecoach_api::release::StagePhase;
 use stagecoach_api::{FeatureToggle, Release};
-use stagecoach_e2e::{E2E_LABEL, TestNamespace, client, eventually, install_crds, repo_root};
+use stagecoach_e2e::{
+    E2E_LABEL, Operator, TestNamespace, client, eventually, install_crds, repo_root,
+};
 use stagecoach_engine::toggle::{
     ActiveCouplings, EvaluationContext, canonical_json, evaluate, render_flag_set,
 };
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const APP: &str = "shop";
 const RELEASE: &str = "shop-2.0.0";
@@ -80,96 +81,12 @@ async fn sdk_evaluate(python: &PathBuf, base_url: &str, cases: &Value) -> Result
     Ok(results)
 }
 
-/// A `stagecoach run` watching one namespace, with its own admin and OFREP ports.
-struct Operator {
-    child: Child,
-    admin: String,
-    ofrep: String,
-    log: PathBuf,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-impl Operator {
-    async fn start(namespace: &str) -> Result<Self> {
-        let (admin_port, ofrep_port) = (free_port()?, free_port()?);
-        let log = std::env::temp_dir().join(format!("stagecoach-e2e-toggle-{admin_port}.log"));
-        let file = std::fs::File::create(&log)?;
-        let binary = std::env::var_os("STAGECOACH_BIN").map_or_else(
-            || repo_root().join("target/debug/stagecoach"),
-            PathBuf::from,
-        );
-        if !binary.exists() {
-            bail!(
-                "{} does not exist: run `cargo build -p stagecoach-operator`",
-                binary.display()
-            );
-        }
-        let child = Command::new(&binary)
-            .args(["run", "--namespace", namespace, "--log-format", "json"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--ofrep-addr", &format!("127.0.0.1:{ofrep_port}")])
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        println!("operator log: {}", log.display());
-        let operator = Self {
-            child,
-            admin: format!("http://127.0.0.1:{admin_port}"),
-            ofrep: format!("http://127.0.0.1:{ofrep_port}"),
-            log,
-        };
-        eventually(Duration::from_secs(30), || async {
-            let ready = reqwest::get(format!("{}/readyz", operator.admin)).await;
-            Ok(ready.ok().filter(|r| r.status() == 200).map(|_| ()))
-        })
-        .await
-        .with_context(|| format!("operator never ready; log:\n{}", operator.log_text()))?;
-        Ok(operator)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The OFREP base URL of a stage of the test's application.
-    fn base_url(&self, namespace: &str, stage: &str) -> String {
-        format!("{}/apps/{namespace}/{APP}/stages/{stage}", self.ofrep)
-    }
-
-    /// A counter's value, summed over the label sets that contain `labels`.
-    async fn metric(&self, name: &str, labels: &str) -> Result<f64> {
-        let body = reqwest::get(format!("{}/metrics", self.admin))
-            .await?
-            .text()
-            .await?;
-        Ok(body
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().context("operator already exited")?;
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .context("operator did not stop within 15s of SIGTERM")??;
-        if !exit.success() {
-            bail!("operator exited with {exit}; log:\n{}", self.log_text());
-        }
-        Ok(())
-    }
+/// The OFREP base URL of a stage of the test's application.
+fn base_url(operator: &Operator, namespace: &str, stage: &str) -> String {
+    format!(
+        "{}/apps/{namespace}/{APP}/stages/{stage}",
+        operator.ofrep_url()
+    )
 }
 
 /// A stage namespace `<home>-<stage>` with the Deployment `api` (one container `api`,
@@ -351,7 +268,7 @@ async fn toggles_are_served_per_stage_and_follow_a_release() -> Result<()> {
     for stage in ["dev", "qa", "demo"] {
         stage_namespaces.push(stage_namespace(&client, &ns, stage).await?);
     }
-    let operator = Operator::start(&ns).await?;
+    let operator = Operator::start_ready("toggle", &ns).await?;
     let toggles: Api<FeatureToggle> = Api::namespaced(client.clone(), &ns);
     let releases: Api<Release> = Api::namespaced(client.clone(), &ns);
 
@@ -564,7 +481,7 @@ async fn toggles_are_served_per_stage_and_follow_a_release() -> Result<()> {
             json!({"flag": "banner-color", "type": "string", "default": "?", "context": {"clientId": "acme"}}),
         ])
         .collect();
-    let demo = sdk_evaluate(&python, &operator.base_url(&ns, "demo"), &json!(cases)).await?;
+    let demo = sdk_evaluate(&python, &base_url(&operator, &ns, "demo"), &json!(cases)).await?;
     for (client_id, answer) in clients.iter().zip(&demo) {
         let (variant, reason) =
             engine_answer(&toggles, "new-checkout", "demo", client_id, &none).await?;
@@ -596,12 +513,12 @@ async fn toggles_are_served_per_stage_and_follow_a_release() -> Result<()> {
         demo[9]
     );
     let anyone = json!([{"flag": "new-checkout", "context": {"clientId": "hooli"}}]);
-    let dev = sdk_evaluate(&python, &operator.base_url(&ns, "dev"), &anyone).await?;
+    let dev = sdk_evaluate(&python, &base_url(&operator, &ns, "dev"), &anyone).await?;
     assert_eq!(
         (&dev[0]["value"], &dev[0]["reason"]),
         (&json!(true), &json!("STATIC"))
     );
-    let qa = sdk_evaluate(&python, &operator.base_url(&ns, "qa"), &anyone).await?;
+    let qa = sdk_evaluate(&python, &base_url(&operator, &ns, "qa"), &anyone).await?;
     assert_eq!(
         (&qa[0]["value"], &qa[0]["reason"]),
         (&json!(false), &json!("DISABLED"))
@@ -634,7 +551,7 @@ async fn toggles_are_served_per_stage_and_follow_a_release() -> Result<()> {
         {"flag": "banner-color", "type": "string", "default": "?", "context": {"clientId": "acme"}},
         {"flag": "banner-color", "type": "string", "default": "?", "context": {"clientId": "globex"}}
     ]);
-    let on = sdk_evaluate(&python, &operator.base_url(&ns, "demo"), &banner).await?;
+    let on = sdk_evaluate(&python, &base_url(&operator, &ns, "demo"), &banner).await?;
     assert_eq!(
         (&on[0]["value"], &on[0]["reason"]),
         (&json!("#0000d0"), &json!("TARGETING_MATCH")),
@@ -714,7 +631,7 @@ async fn toggles_are_served_per_stage_and_follow_a_release() -> Result<()> {
         version, versions["demo"],
         "back to the flag set before the release reached demo"
     );
-    let off = sdk_evaluate(&python, &operator.base_url(&ns, "demo"), &banner).await?;
+    let off = sdk_evaluate(&python, &base_url(&operator, &ns, "demo"), &banner).await?;
     assert_eq!(
         (&off[0]["value"], &off[0]["reason"]),
         (&json!("#d00000"), &json!("STATIC")),
@@ -776,7 +693,7 @@ async fn a_flag_set_that_cannot_be_written_is_a_condition_and_is_retried() -> Re
     let ns = home.name.clone();
     let dev = stage_namespace(&client, &ns, "dev").await?;
     let later = format!("{ns}-later");
-    let operator = stagecoach_e2e::Operator::start_ready("unwritten", &ns).await?;
+    let operator = Operator::start_ready("unwritten", &ns).await?;
     let releases: Api<Release> = Api::namespaced(client.clone(), &ns);
     let toggles: Api<FeatureToggle> = Api::namespaced(client.clone(), &ns);
     apply(
