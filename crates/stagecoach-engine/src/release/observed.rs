@@ -33,6 +33,10 @@ pub struct DeploymentState {
     /// The `stagecoach.dev/template-hash` annotation: hash of the template the operator
     /// last applied (canaries only).
     pub applied_hash: Option<String>,
+    /// The field manager that last changed the Deployment's spec, other than the
+    /// operator itself (from managedFields), when known: named in messages about
+    /// outside edits.
+    pub last_editor: Option<String>,
 }
 
 impl DeploymentState {

@@ -13,6 +13,7 @@
 //! own output with the same observations changes nothing.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +31,7 @@ use super::gate::{
 use super::observed::{OtherRelease, StageObservation, WorkloadObservation};
 use super::rollout::{
     canary_replicas, canary_template, revision_name, runs_release_images, template_hash,
+    with_release_images,
 };
 use crate::acceptance::{ACCEPTED, accepted_condition};
 use crate::admission::check_release;
@@ -66,6 +68,12 @@ pub mod reason {
     pub const STEP_IN_PROGRESS: &str = "StepInProgress";
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Someone changed a Deployment's pod template while the release was rolling it out.
+    pub const OUTSIDE_EDIT: &str = "OutsideEdit";
+    /// A Deployment the release was rolling out was deleted: there is nothing to restore.
+    pub const DEPLOYMENT_DELETED: &str = "DeploymentDeleted";
+    /// The Release object itself was deleted.
+    pub const RELEASE_DELETED: &str = "ReleaseDeleted";
 }
 
 /// What the planner sees.
@@ -83,6 +91,9 @@ pub struct PlanInput<'a> {
     pub gate_measurements: &'a BTreeMap<String, Measurement>,
     /// The other releases of the same application.
     pub others: &'a [OtherRelease],
+    /// The Release is being deleted (its deletion timestamp is set): the stage in
+    /// progress is rolled back, early life support ends, nothing new starts.
+    pub deleting: bool,
     pub now: DateTime<Utc>,
 }
 
@@ -240,6 +251,11 @@ impl<'a> Planner<'a> {
             self.set_conditions();
             return;
         }
+        if self.input.deleting {
+            self.end_for_deletion();
+            self.set_conditions();
+            return;
+        }
         if self.status.started_at.is_none() {
             self.status.started_at = Some(self.now());
         }
@@ -256,11 +272,14 @@ impl<'a> Planner<'a> {
                     StagePhase::Pending => self.enter_stage(index),
                     StagePhase::Progressing => self.progress_stage(index),
                     StagePhase::EarlyLifeSupport => self.watch_early_life(index),
-                    StagePhase::RolledBack | StagePhase::Failed => {
+                    StagePhase::RolledBack => {
                         self.finish_release(
                             ReleasePhase::RolledBack,
                             "a stage was rolled back".into(),
                         );
+                    }
+                    StagePhase::Failed => {
+                        self.finish_release(ReleasePhase::Failed, "a stage failed".into());
                     }
                     StagePhase::Succeeded | StagePhase::Skipped => {}
                 }
@@ -588,6 +607,9 @@ impl<'a> Planner<'a> {
             self.roll_back(index, reason::ABORTED, "aborted by spec.abort".into());
             return;
         }
+        if self.fail_if_deployment_deleted(index) || self.hold_on_outside_edit(index) {
+            return;
+        }
         let steps = self.steps_of(&name);
         let step_index = usize::try_from(self.status.stages[index].step.unwrap_or(0)).unwrap_or(0);
         let Some(step) = steps.get(step_index).cloned() else {
@@ -836,6 +858,9 @@ impl<'a> Planner<'a> {
             );
             return;
         }
+        if self.fail_if_deployment_deleted(index) {
+            return;
+        }
         let newer_here = self.input.others.iter().find(|o| {
             o.is_live()
                 && (o.created, o.name.as_str()) > (self.input.created, self.input.name)
@@ -904,6 +929,191 @@ impl<'a> Planner<'a> {
         }
     }
 
+    // ----- the world changed under the release ------------------------------------------------
+
+    /// A Deployment of the stage in progress is gone: nothing can be restored for it, so
+    /// the stage fails at once (phase `Failed`, reason `DeploymentDeleted`, never
+    /// `RolledBack`), its canaries are removed and the stage's other Deployments go back
+    /// to their recorded revisions.
+    fn fail_if_deployment_deleted(&mut self, index: usize) -> bool {
+        let name = self.status.stages[index].name.clone();
+        let namespace = self.status.stages[index].namespace.clone();
+        let missing: Vec<String> = self
+            .workloads()
+            .iter()
+            .filter(|w| self.observed(&name, &w.deployment).stable.is_none())
+            .map(|w| w.deployment.clone())
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        let kept = self.restore_actions(index);
+        let canaries = self
+            .plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::DeleteCanary { .. }))
+            .count();
+        let mut message = format!(
+            "Deployment {} was deleted from namespace {namespace} during the rollout; \
+             there is nothing to restore",
+            missing.join(", ")
+        );
+        if canaries > 0 {
+            message.push_str("; the canary is removed");
+        }
+        if !kept.is_empty() {
+            let _ = write!(
+                message,
+                "; {} changed outside Stagecoach and left as it is",
+                kept.join(", ")
+            );
+        }
+        let now = self.now();
+        let stage = &mut self.status.stages[index];
+        stage.phase = StagePhase::Failed;
+        stage.finished_at = Some(now);
+        stage.weight = Some(0);
+        stage.message = Some(message.clone());
+        self.skip_from(index + 1);
+        self.plan.status_first = true;
+        self.plan
+            .stage_transitions
+            .push((name.clone(), StagePhase::Failed));
+        self.status.timeline.push(TimelineEntry {
+            at: now,
+            stage: Some(name.clone()),
+            reason: reason::DEPLOYMENT_DELETED.into(),
+            message: message.clone(),
+        });
+        self.finish_release(ReleasePhase::Failed, format!("stage {name}: {message}"));
+        true
+    }
+
+    /// A Deployment of the stage in progress whose pod template someone else changed
+    /// (a hotfix with `kubectl set image`, say) is never overwritten: the release holds
+    /// (phase `Paused`, `Degraded` reason `OutsideEdit`) until the change is reverted, or
+    /// until `spec.abort`, which removes the canary and leaves the edited Deployment as
+    /// it is. Replica changes are not template changes and are always allowed.
+    fn hold_on_outside_edit(&mut self, index: usize) -> bool {
+        let name = self.status.stages[index].name.clone();
+        let namespace = self.status.stages[index].namespace.clone();
+        let edits: Vec<String> = self
+            .workloads()
+            .to_vec()
+            .iter()
+            .filter_map(|w| {
+                let observed = self.observed(&name, &w.deployment);
+                let change = outside_edit(&observed, w)?;
+                let by = observed
+                    .stable
+                    .as_ref()
+                    .and_then(|s| s.last_editor.clone())
+                    .map_or_else(String::new, |m| format!(" by field manager {m}"));
+                Some(format!("Deployment {} ({change}{by})", w.deployment))
+            })
+            .collect();
+        if edits.is_empty() {
+            return false;
+        }
+        let message = format!(
+            "stage {name}: {} in namespace {namespace} changed outside Stagecoach; the release \
+             holds and will not overwrite it. Revert the change to continue, or abort \
+             (spec.abort: true) to end the release: the canary is removed and the edited \
+             Deployment is kept as it is",
+            edits.join(", ")
+        );
+        let already_held = condition::find(&self.status.conditions, "Degraded")
+            .is_some_and(|c| c.status == ConditionStatus::True && c.reason == reason::OUTSIDE_EDIT);
+        if !already_held {
+            self.record(Some(&name), reason::OUTSIDE_EDIT, message.clone(), true);
+        }
+        self.status.phase = Some(ReleasePhase::Paused);
+        self.status.message = Some(message.clone());
+        self.status.stages[index].message = Some(reason::OUTSIDE_EDIT.into());
+        self.degraded = Some((reason::OUTSIDE_EDIT, message));
+        self.requeue(Duration::from_secs(30));
+        true
+    }
+
+    /// A deleted Release lets go of its stages: the stage in progress is rolled back (as
+    /// `abort` does), early life support ends (the release is live; deleting its object,
+    /// say by pruning it from Git, must not undo production), stages not entered are
+    /// skipped.
+    fn end_for_deletion(&mut self) {
+        let Some(index) = self
+            .status
+            .stages
+            .iter()
+            .position(|s| !matches!(s.phase, StagePhase::Succeeded | StagePhase::Skipped))
+        else {
+            self.finish_release(ReleasePhase::Succeeded, "every stage succeeded".into());
+            return;
+        };
+        let name = self.status.stages[index].name.clone();
+        match self.status.stages[index].phase {
+            StagePhase::Progressing => self.roll_back(
+                index,
+                reason::RELEASE_DELETED,
+                "the Release was deleted during the rollout".into(),
+            ),
+            StagePhase::EarlyLifeSupport => {
+                self.status.stages[index].phase = StagePhase::Succeeded;
+                self.status.stages[index].finished_at = Some(self.now());
+                self.finish_release(
+                    ReleasePhase::Succeeded,
+                    format!(
+                        "released; early life support in {name} ended when the Release was deleted"
+                    ),
+                );
+            }
+            StagePhase::Pending => {
+                self.skip_from(index);
+                self.status.rollbacks.push(RollbackRecord {
+                    at: self.now(),
+                    stage: name.clone(),
+                    reason: reason::RELEASE_DELETED.into(),
+                    message: "deleted before the stage started; nothing to roll back".into(),
+                });
+                self.finish_release(ReleasePhase::Failed, format!("deleted before stage {name}"));
+            }
+            StagePhase::RolledBack => {
+                self.finish_release(ReleasePhase::RolledBack, "a stage was rolled back".into());
+            }
+            StagePhase::Failed => {
+                self.finish_release(ReleasePhase::Failed, "a stage failed".into());
+            }
+            StagePhase::Succeeded | StagePhase::Skipped => {}
+        }
+    }
+
+    /// Why the release ended badly, for conditions and Events: a failed stage (its
+    /// Deployment deleted) or the last rollback.
+    fn failure(&self) -> (&'static str, String) {
+        if let Some(stage) = self
+            .status
+            .stages
+            .iter()
+            .find(|s| s.phase == StagePhase::Failed)
+        {
+            return (
+                reason::DEPLOYMENT_DELETED,
+                format!(
+                    "stage {}: {}",
+                    stage.name,
+                    stage.message.clone().unwrap_or_default()
+                ),
+            );
+        }
+        match self.status.rollbacks.last() {
+            Some(record) => (
+                static_reason(&record.reason),
+                format!("stage {} rolled back: {}", record.stage, record.message),
+            ),
+            None => (reason::ROLLED_BACK, String::new()),
+        }
+    }
+
     // ----- endings ----------------------------------------------------------------------------
 
     /// Restores every workload of the stage to its recorded template, deletes canaries,
@@ -911,7 +1121,16 @@ impl<'a> Planner<'a> {
     #[allow(clippy::needless_pass_by_value)] // callers build the message for this call
     fn roll_back(&mut self, index: usize, why: &'static str, message: String) {
         let name = self.status.stages[index].name.clone();
-        self.restore_actions(index);
+        let kept = self.restore_actions(index);
+        let message = if kept.is_empty() {
+            message
+        } else {
+            format!(
+                "{message}; not restored, because they were changed outside Stagecoach \
+                 after the stable revision was recorded: {}",
+                kept.join(", ")
+            )
+        };
         let now = self.now();
         let stage = &mut self.status.stages[index];
         stage.phase = StagePhase::RolledBack;
@@ -944,12 +1163,17 @@ impl<'a> Planner<'a> {
     }
 
     /// The actions that put a stage back on its recorded revision; none when it already is.
-    fn restore_actions(&mut self, index: usize) {
+    /// A Deployment someone else changed (see [`outside_edit`]) is never overwritten:
+    /// returns the names of those left as they are.
+    fn restore_actions(&mut self, index: usize) -> Vec<String> {
         let name = self.status.stages[index].name.clone();
         let namespace = self.status.stages[index].namespace.clone();
+        let mut kept = Vec::new();
         for workload in self.workloads().to_vec() {
             let observed = self.observed(&name, &workload.deployment);
-            if let (Some(stable), Some(recorded)) = (&observed.stable, &observed.recorded)
+            if outside_edit(&observed, &workload).is_some() {
+                kept.push(workload.deployment.clone());
+            } else if let (Some(stable), Some(recorded)) = (&observed.stable, &observed.recorded)
                 && stable.template != recorded.template
             {
                 self.plan.actions.push(Action::RestoreStable {
@@ -965,6 +1189,7 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        kept
     }
 
     /// After the release ended, keep rolled-back stages restored and no canary behind,
@@ -981,7 +1206,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             match self.status.stages[index].phase {
-                StagePhase::RolledBack => self.restore_actions(index),
+                StagePhase::RolledBack | StagePhase::Failed => {
+                    self.restore_actions(index);
+                }
                 StagePhase::Succeeded => {
                     let namespace = self.status.stages[index].namespace.clone();
                     for workload in self.workloads().to_vec() {
@@ -1011,18 +1238,22 @@ impl<'a> Planner<'a> {
         self.status.phase = Some(phase);
         self.status.message = Some(message.clone());
         self.status.completed_at = Some(now);
-        if phase == ReleasePhase::Succeeded {
-            self.record(None, reason::SUCCEEDED, message, false);
-        } else if phase == ReleasePhase::Superseded || phase == ReleasePhase::Failed {
-            self.plan.events.push(PlannedEvent {
-                warning: phase == ReleasePhase::Failed,
-                reason: if phase == ReleasePhase::Failed {
-                    reason::ABORTED
-                } else {
-                    reason::SUPERSEDED
-                },
+        match phase {
+            ReleasePhase::Succeeded => self.record(None, reason::SUCCEEDED, message, false),
+            ReleasePhase::Superseded => self.plan.events.push(PlannedEvent {
+                warning: false,
+                reason: reason::SUPERSEDED,
                 message,
-            });
+            }),
+            ReleasePhase::Failed => {
+                let (why, _) = self.failure();
+                self.plan.events.push(PlannedEvent {
+                    warning: true,
+                    reason: why,
+                    message,
+                });
+            }
+            _ => {}
         }
         let lead_time = self
             .status
@@ -1083,7 +1314,7 @@ impl<'a> Planner<'a> {
             }
             Some(ReleasePhase::RolledBack) => (ConditionStatus::False, reason::ROLLED_BACK),
             Some(ReleasePhase::Superseded) => (ConditionStatus::False, reason::SUPERSEDED),
-            Some(ReleasePhase::Failed) => (ConditionStatus::False, reason::ABORTED),
+            Some(ReleasePhase::Failed) => (ConditionStatus::False, self.failure().0),
             _ if !accepted => (ConditionStatus::False, reason::INVALID_SPEC),
             _ => (ConditionStatus::False, reason::STEP_IN_PROGRESS),
         };
@@ -1118,21 +1349,11 @@ impl<'a> Planner<'a> {
                 now,
             ),
         );
-        let last_rollback = self.status.rollbacks.last().cloned();
         let (degraded, degraded_reason, degraded_message) = match (&self.degraded, phase) {
             (Some((why, msg)), _) => (ConditionStatus::True, *why, msg.clone()),
             (None, Some(ReleasePhase::RolledBack | ReleasePhase::Failed)) => {
-                let record = last_rollback.unwrap_or(RollbackRecord {
-                    at: now,
-                    stage: String::new(),
-                    reason: reason::ROLLED_BACK.into(),
-                    message: String::new(),
-                });
-                (
-                    ConditionStatus::True,
-                    static_reason(&record.reason),
-                    format!("stage {} rolled back: {}", record.stage, record.message),
-                )
+                let (why, message) = self.failure();
+                (ConditionStatus::True, why, message)
             }
             _ => (ConditionStatus::False, reason::AS_EXPECTED, String::new()),
         };
@@ -1160,10 +1381,59 @@ fn static_reason(text: &str) -> &'static str {
         reason::PROGRESS_DEADLINE_EXCEEDED,
         reason::EARLY_LIFE_SUPPORT_FAILED,
         reason::ABORTED,
+        reason::RELEASE_DELETED,
     ]
     .into_iter()
     .find(|r| *r == text)
     .unwrap_or(reason::ROLLED_BACK)
+}
+
+/// How the stable Deployment's pod template differs from every template the release
+/// could have left on it (the recorded stable revision, or that revision with the
+/// release's images): `None` when it is one of them, or when there is nothing to compare
+/// (no Deployment, or no recorded revision yet).
+pub fn outside_edit(observed: &WorkloadObservation, workload: &Workload) -> Option<String> {
+    let stable = observed.stable.as_ref()?;
+    let recorded = observed.recorded.as_ref()?;
+    let updated = with_release_images(&recorded.template, workload);
+    if stable.template == recorded.template || stable.template == updated {
+        return None;
+    }
+    let expected = if runs_release_images(&stable.template, workload) {
+        &updated
+    } else {
+        &recorded.template
+    };
+    Some(match first_difference(expected, &stable.template) {
+        Some((path, Value::String(now))) => format!("{path} is now {now}"),
+        Some((path, Value::Null)) => format!("{path} was removed"),
+        Some((path, _)) => format!("{path} changed"),
+        None => "pod template changed".into(),
+    })
+}
+
+/// The JSON pointer of the first place where `after` differs from `before`, and the value
+/// there in `after` (`Null` when it was removed).
+fn first_difference(before: &Value, after: &Value) -> Option<(String, Value)> {
+    match (before, after) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter().find_map(|key| {
+                let (x, y) = (
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                );
+                first_difference(x, y).map(|(path, v)| (format!("/{key}{path}"), v))
+            })
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            a.iter().zip(b).enumerate().find_map(|(i, (x, y))| {
+                first_difference(x, y).map(|(path, v)| (format!("/{i}{path}"), v))
+            })
+        }
+        _ if before == after => None,
+        _ => Some((String::new(), after.clone())),
+    }
 }
 
 fn humantime(d: Duration) -> String {

@@ -165,6 +165,7 @@ impl World {
                         template: template.clone(),
                         deadline_exceeded: false,
                         applied_hash: hash,
+                        last_editor: None,
                     }
                 };
                 let stable = deployment(&s.stable, s.replicas, None);
@@ -291,6 +292,7 @@ fn plan_once(
         observed: &observed,
         gate_measurements: &gates,
         others,
+        deleting: false,
         now,
     })
 }
@@ -638,6 +640,7 @@ fn a_missing_deployment_is_a_condition_not_a_crash() {
         observed: &observed,
         gate_measurements: &gates,
         others: &[],
+        deleting: false,
         now: t0(),
     });
     assert!(plan.actions.is_empty());
@@ -830,4 +833,272 @@ proptest! {
         unique.dedup();
         prop_assert_eq!(unique.len(), steps.len(), "a step was repeated: {:?}", steps);
     }
+}
+
+/// Plans and applies, one reconcile a second, until `done` holds for the world and the
+/// status; returns them and the time reached.
+fn run_until(
+    spec: &ReleaseSpec,
+    mut world: World,
+    done: impl Fn(&World, &ReleaseStatus) -> bool,
+) -> (World, ReleaseStatus, DateTime<Utc>) {
+    let annotations = BTreeMap::new();
+    let mut status: Option<ReleaseStatus> = None;
+    let mut now = t0();
+    for _ in 0..2000 {
+        let plan = plan_once(spec, status.as_ref(), &world, now, &[], &annotations);
+        world.apply(&plan.actions, plan.actions.len());
+        status = Some(plan.status);
+        now += chrono::Duration::seconds(1);
+        if done(&world, status.as_ref().unwrap()) {
+            return (world, status.unwrap(), now);
+        }
+    }
+    panic!("the condition never held");
+}
+
+fn prod_canary_running(world: &World, _: &ReleaseStatus) -> bool {
+    world.stages["prod"].canary.is_some()
+}
+
+fn condition_reason(status: &ReleaseStatus, type_: &str) -> String {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == type_)
+        .map(|c| c.reason.clone())
+        .unwrap()
+}
+
+#[test]
+fn an_outside_edit_of_the_stable_deployment_holds_the_release_and_is_never_overwritten() {
+    let steps = vec![
+        Step {
+            set_weight: Some(10),
+            pause: None,
+        },
+        Step {
+            set_weight: Some(100),
+            pause: None,
+        },
+    ];
+    let spec = spec("shop/api:2.0.0", steps);
+    let (mut world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+    // A hotfix with `kubectl set image` on the stable Deployment.
+    let hotfix = template("shop/api:1.0.1-hotfix");
+    world.stages.get_mut("prod").unwrap().stable = hotfix.clone();
+    let annotations = BTreeMap::new();
+    let mut status = Some(status);
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let now = now + chrono::Duration::seconds(i);
+        let plan = plan_once(&spec, status.as_ref(), &world, now, &[], &annotations);
+        assert!(
+            !plan.actions.iter().any(|a| matches!(
+                a,
+                Action::UpdateStable { .. } | Action::RestoreStable { .. }
+            )),
+            "the edited Deployment must not be written: {:?}",
+            plan.actions
+        );
+        world.apply(&plan.actions, plan.actions.len());
+        events.extend(plan.events.iter().map(|e| e.reason));
+        status = Some(plan.status);
+    }
+    let held = status.clone().unwrap();
+    assert_eq!(held.phase, Some(ReleasePhase::Paused));
+    assert_eq!(condition_reason(&held, "Degraded"), reason::OUTSIDE_EDIT);
+    let message = held.message.clone().unwrap();
+    assert!(
+        message.contains("/spec/containers/0/image is now shop/api:1.0.1-hotfix"),
+        "{message}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|r| **r == reason::OUTSIDE_EDIT)
+            .count(),
+        1,
+        "one Event when the hold starts, not one per reconcile"
+    );
+    assert_eq!(world.stages["prod"].stable, hotfix);
+
+    // Abort: the canary goes, the hotfix stays.
+    let mut aborted = spec.clone();
+    aborted.abort = true;
+    let plan = plan_once(&aborted, status.as_ref(), &world, now, &[], &annotations);
+    world.apply(&plan.actions, plan.actions.len());
+    assert_eq!(plan.status.phase, Some(ReleasePhase::RolledBack));
+    assert!(world.stages["prod"].canary.is_none());
+    assert_eq!(world.stages["prod"].stable, hotfix);
+    assert!(
+        plan.status
+            .rollbacks
+            .last()
+            .unwrap()
+            .message
+            .contains("not restored"),
+        "{:?}",
+        plan.status.rollbacks
+    );
+    // And the ended release keeps its hands off it too.
+    let again = plan_once(&aborted, Some(&plan.status), &world, now, &[], &annotations);
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+}
+
+#[test]
+fn a_reverted_outside_edit_lets_the_release_continue() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let (mut world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+    let original = world.stages["prod"].stable.clone();
+    world.stages.get_mut("prod").unwrap().stable["spec"]["containers"][0]["env"] =
+        json!([{"name": "DEBUG", "value": "1"}]);
+    let annotations = BTreeMap::new();
+    let plan = plan_once(&spec, Some(&status), &world, now, &[], &annotations);
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Paused));
+    assert!(
+        plan.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("/spec/containers/0/env")
+    );
+    world.stages.get_mut("prod").unwrap().stable = original;
+    let plan = plan_once(&spec, Some(&plan.status), &world, now, &[], &annotations);
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Progressing));
+    assert_eq!(
+        condition_reason(&plan.status, "Degraded"),
+        reason::AS_EXPECTED
+    );
+}
+
+#[test]
+fn replica_changes_are_not_outside_edits() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let (mut world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+    world.stages.get_mut("prod").unwrap().replicas = 14;
+    let plan = plan_once(&spec, Some(&status), &world, now, &[], &BTreeMap::new());
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Progressing));
+    assert_ne!(
+        condition_reason(&plan.status, "Degraded"),
+        reason::OUTSIDE_EDIT
+    );
+}
+
+#[test]
+fn a_deleted_deployment_fails_the_stage_at_once_without_claiming_a_rollback() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let (world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+    let mut observed = world.observe("shop/api:2.0.0");
+    observed
+        .get_mut("prod")
+        .unwrap()
+        .workloads
+        .get_mut("api")
+        .unwrap()
+        .stable = None;
+    let annotations = BTreeMap::new();
+    let gates = BTreeMap::new();
+    let plan = plan_release(&PlanInput {
+        name: "shop-2.0.0",
+        generation: Some(1),
+        created: t0(),
+        annotations: &annotations,
+        spec: &spec,
+        status: Some(&status),
+        observed: &observed,
+        gate_measurements: &gates,
+        others: &[],
+        deleting: false,
+        now,
+    });
+    assert!(plan.status_first);
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Failed));
+    assert_eq!(stage_phase(&plan.status, "prod"), StagePhase::Failed);
+    assert!(plan.status.rollbacks.is_empty(), "nothing was rolled back");
+    assert_eq!(
+        condition_reason(&plan.status, "Ready"),
+        reason::DEPLOYMENT_DELETED
+    );
+    assert_eq!(
+        condition_reason(&plan.status, "Degraded"),
+        reason::DEPLOYMENT_DELETED
+    );
+    assert_eq!(
+        plan.actions,
+        vec![Action::DeleteCanary {
+            namespace: "shop-prod".into(),
+            deployment: "api".into()
+        }]
+    );
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == reason::DEPLOYMENT_DELETED)
+    );
+    assert!(!plan.status.message.unwrap().contains("rolled back"));
+}
+
+fn plan_deleting(
+    spec: &ReleaseSpec,
+    status: &ReleaseStatus,
+    world: &World,
+    now: DateTime<Utc>,
+) -> Plan {
+    let observed = world.observe(&spec.workloads[0].containers[0].image);
+    let (annotations, gates) = (BTreeMap::new(), BTreeMap::new());
+    plan_release(&PlanInput {
+        name: "shop-2.0.0",
+        generation: Some(1),
+        created: t0(),
+        annotations: &annotations,
+        spec,
+        status: Some(status),
+        observed: &observed,
+        gate_measurements: &gates,
+        others: &[],
+        deleting: true,
+        now,
+    })
+}
+
+#[test]
+fn deleting_a_release_mid_rollout_rolls_the_stage_back_and_then_plans_nothing() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let (mut world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+    let plan = plan_deleting(&spec, &status, &world, now);
+    assert!(plan.status_first);
+    assert_eq!(plan.status.phase, Some(ReleasePhase::RolledBack));
+    assert_eq!(plan.rollback_reason, Some(reason::RELEASE_DELETED));
+    world.apply(&plan.actions, plan.actions.len());
+    assert!(world.stages["prod"].canary.is_none());
+    assert_eq!(world.stages["prod"].stable, template("shop/api:1.0.0"));
+    // Converged: the controller may now let the object go.
+    let again = plan_deleting(&spec, &plan.status, &world, now);
+    assert!(again.actions.is_empty());
+    assert_eq!(again.status, plan.status);
+}
+
+#[test]
+fn deleting_a_release_in_early_life_support_keeps_what_shipped() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let (world, status, now) = run_until(&spec, World::new(), |_, s| {
+        s.phase == Some(ReleasePhase::EarlyLifeSupport)
+    });
+    let plan = plan_deleting(&spec, &status, &world, now);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Succeeded));
+    assert!(plan.status.rollbacks.is_empty());
+}
+
+#[test]
+fn deleting_a_release_before_it_starts_touches_nothing() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let plan = plan_deleting(&spec, &ReleaseStatus::default(), &World::new(), t0());
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Failed));
+    assert_eq!(
+        condition_reason(&plan.status, "Ready"),
+        reason::RELEASE_DELETED
+    );
 }
