@@ -502,6 +502,17 @@ pub enum ReleasePhase {
     Superseded,
 }
 
+impl ReleasePhase {
+    /// The release has ended: it will change no workload again except to keep a
+    /// rolled-back stage on its recorded revision.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::RolledBack | Self::Failed | Self::Superseded
+        )
+    }
+}
+
 /// Phase of one stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum StagePhase {

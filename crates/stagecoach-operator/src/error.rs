@@ -31,6 +31,10 @@ pub enum ReconcileError {
         source: Box<kube::Error>,
     },
 
+    /// Adding or removing the Release finalizer failed.
+    #[error("cannot update the finalizer: {0}")]
+    Finalizer(#[source] Box<kube::Error>),
+
     /// Writing or deleting a flag-set ConfigMap in a stage namespace failed.
     #[error("cannot {action} the flag set in namespace {namespace}: {source}")]
     WriteFlagSet {
@@ -51,6 +55,7 @@ impl ReconcileError {
             Self::PublishEvent(_) => "publish_event",
             Self::ApplyWorkload { .. } => "apply_workload",
             Self::WriteFlagSet { .. } => "write_flag_set",
+            Self::Finalizer(_) => "finalizer",
         }
     }
 
@@ -62,7 +67,8 @@ impl ReconcileError {
             Self::PatchStatus(_)
             | Self::PublishEvent(_)
             | Self::ApplyWorkload { .. }
-            | Self::WriteFlagSet { .. } => true,
+            | Self::WriteFlagSet { .. }
+            | Self::Finalizer(_) => true,
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct ReleaseMetrics {
     pub step_duration: prometheus::Histogram,
     pub lead_time: prometheus::Histogram,
     pub by_phase: prometheus::IntGaugeVec,
+    pub stale_views: prometheus::IntCounter,
 }
 
 impl ReleaseMetrics {
@@ -77,13 +78,19 @@ impl ReleaseMetrics {
         registry.register(Box::new(stage_transitions.clone()))?;
         registry.register(Box::new(step_duration.clone()))?;
         registry.register(Box::new(lead_time.clone()))?;
+        let stale_views = prometheus::IntCounter::new(
+            "stagecoach_stale_cache_waits_total",
+            "Release reconciles that waited because a cache had not yet seen the operator's own last write.",
+        )?;
         registry.register(Box::new(by_phase.clone()))?;
+        registry.register(Box::new(stale_views.clone()))?;
         Ok(Self {
             rollbacks,
             stage_transitions,
             step_duration,
             lead_time,
             by_phase,
+            stale_views,
         })
     }
 }

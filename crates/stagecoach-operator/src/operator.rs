@@ -83,9 +83,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // and the ControllerRevisions it records. Any change there re-plans the releases whose
     // stages live in that namespace, which is what makes a failing pod reach a rollback
     // within a reconcile.
-    let (deployment_cache, deployment_changes) = controller::cached_watch(
+    let (deployment_cache, deployment_changes) = controller::cached_watch_with(
         Api::<Deployment>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
         readiness.cache("Deployment"),
+        controller::ManagedFields::ManagersOnly,
     );
     let (pod_cache, pod_changes) =
         controller::cached_watch(Api::<Pod>::all(client.clone()), readiness.cache("Pod"));
@@ -118,6 +120,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             pods: pod_cache,
             revisions: revision_cache,
         },
+        fence: controller::fence::WriteFence::default(),
     });
     let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
         move |namespace: Option<String>| {

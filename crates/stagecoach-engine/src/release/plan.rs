@@ -179,15 +179,7 @@ struct Planner<'a> {
 }
 
 fn is_terminal(phase: Option<ReleasePhase>) -> bool {
-    matches!(
-        phase,
-        Some(
-            ReleasePhase::Succeeded
-                | ReleasePhase::RolledBack
-                | ReleasePhase::Failed
-                | ReleasePhase::Superseded
-        )
-    )
+    phase.is_some_and(ReleasePhase::is_terminal)
 }
 
 fn duration_or(text: Option<&str>, default: Duration) -> Duration {

@@ -6,6 +6,7 @@
 //! `stagecoach-engine`; apply writes only when the planned status differs from the
 //! current one.
 
+pub mod fence;
 pub mod release;
 pub mod toggle;
 pub mod workloads;
@@ -57,7 +58,7 @@ pub fn cached_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    cached_watch_with(api, watcher::Config::default(), synced)
+    cached_watch_with(api, watcher::Config::default(), synced, ManagedFields::Drop)
 }
 
 /// [`cached_watch`] of only the objects matching a label selector.
@@ -72,13 +73,29 @@ pub fn cached_watch_selected<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    cached_watch_with(api, watcher::Config::default().labels(labels), synced)
+    cached_watch_with(
+        api,
+        watcher::Config::default().labels(labels),
+        synced,
+        ManagedFields::Drop,
+    )
 }
 
-fn cached_watch_with<K>(
+/// What a cache keeps of `metadata.managedFields`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedFields {
+    /// Nothing.
+    Drop,
+    /// Who wrote, how and when, but not which fields (`fieldsV1`, the large part): enough
+    /// to name the field manager of an outside edit.
+    ManagersOnly,
+}
+
+pub fn cached_watch_with<K>(
     api: Api<K>,
     config: watcher::Config,
     synced: CacheSync,
+    managed_fields: ManagedFields,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -87,9 +104,16 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let objects = watcher(api, config)
-        .default_backoff()
-        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+    let objects = relisting_watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .modify(move |obj: &mut K| match managed_fields {
+            ManagedFields::Drop => obj.managed_fields_mut().clear(),
+            ManagedFields::ManagersOnly => {
+                for entry in obj.managed_fields_mut() {
+                    entry.fields_v1 = None;
+                }
+            }
+        })
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
@@ -98,6 +122,81 @@ where
         })
         .applied_objects();
     (reader, objects)
+}
+
+/// A [`watcher`] that starts over with a complete list whenever the API server says its
+/// resource version is gone (410), however it says it. kube's watcher relists on a 410
+/// *event*, but when the 410 is the answer to the watch request itself (as after an API
+/// server restart, whose new watch cache starts past the operator's last resource
+/// version) it retries the same too-old version, and the cache stays stale until some
+/// later event happens to break the loop. A fresh watcher lists anew; the reflector swaps
+/// the whole cache in when that list is complete.
+fn relisting_watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    type Inner<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+    futures::stream::unfold(None::<Inner<K>>, move |current| {
+        let (api, config) = (api.clone(), config.clone());
+        async move {
+            let mut stream = current.unwrap_or_else(|| watcher(api, config).boxed());
+            let item = stream.next().await?;
+            let gone = matches!(&item, Err(error) if is_gone(error));
+            if gone {
+                warn!(error = ?item.as_ref().err(), "resource version gone; listing anew");
+            }
+            Some((item, (!gone).then_some(stream)))
+        }
+    })
+}
+
+/// Whether a watch error means "your resource version is too old" (HTTP 410 Gone).
+pub fn is_gone(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
+        watcher::Error::WatchError(status) => status.code == 410,
+        _ => false,
+    }
+}
+
+/// Backoff between failed watch attempts: 250 ms doubling to at most 4 s, reset by any
+/// success. kube's default grows to 30 s, so an API server that was down for 15 s left
+/// caches stale for up to half a minute after it came back.
+#[derive(Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(4);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 /// The current time as status stores it: whole seconds, like metav1.Time, so that what
@@ -123,11 +222,12 @@ pub fn object_key<K: Resource>(kind: &'static str, obj: &K) -> Result<ObjectKey,
 
 /// Writes `status` to the status subresource with server-side apply, as the
 /// `stagecoach` field manager. Counts the write in `stagecoach_status_writes_total`.
+/// Returns the object's resource version after the write.
 pub async fn apply_status<K>(
     ctx: &Context,
     key: &ObjectKey,
     status: &impl Serialize,
-) -> Result<(), ReconcileError>
+) -> Result<Option<String>, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -142,11 +242,12 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.status_written(key.kind);
-    api.patch_status(&key.name, &params, &Patch::Apply(&body))
+    let written = api
+        .patch_status(&key.name, &params, &Patch::Apply(&body))
         .await
         .map_err(ReconcileError::PatchStatus)?;
     debug!("status written");
-    Ok(())
+    Ok(written.resource_version())
 }
 
 /// Publishes an Event when the Accepted condition appears or changes status or reason;
@@ -284,6 +385,36 @@ mod tests {
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncate("abcdef", 3), "abc");
         assert_eq!(truncate("aé", 2), "a");
+    }
+
+    #[test]
+    fn watch_backoff_grows_to_its_ceiling_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<u64> = backoff
+            .by_ref()
+            .take(7)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn a_410_in_any_form_means_list_anew() {
+        let status = |code: u16| kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        };
+        assert!(is_gone(&watcher::Error::WatchStartFailed(
+            kube::Error::Api(Box::new(status(410)))
+        )));
+        assert!(is_gone(&watcher::Error::WatchError(Box::new(status(410)))));
+        assert!(!is_gone(&watcher::Error::WatchStartFailed(
+            kube::Error::Api(Box::new(status(500)))
+        )));
+        assert!(!is_gone(&watcher::Error::NoResourceVersion));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use stagecoach_engine::release::observed::OtherRelease;
 use stagecoach_engine::release::{Plan, PlanInput, plan_release};
 use tracing::{debug, info, instrument, warn};
 
+use super::fence::{Cached, WriteFence};
 use super::workloads::{self, WorkloadCaches};
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
@@ -29,11 +30,22 @@ pub const KIND: &str = "Release";
 /// Longest time between two reconciles of a release that is still moving.
 const ACTIVE_RESYNC: Duration = Duration::from_secs(300);
 
+/// Finalizer on every Release that has started to change workloads: a Release deleted
+/// mid-rollout must roll its stage back and remove its canaries first (cross-namespace
+/// ownerReferences are impossible, so nothing else would).
+pub const FINALIZER: &str = "stagecoach.dev/cleanup";
+
+/// How soon a reconcile that found a cache behind the operator's own write looks again
+/// (the watch event that brings the cache up to date normally comes first).
+const STALE_RETRY: Duration = Duration::from_millis(500);
+
 /// What the release controller needs beyond the shared context.
 pub struct ReleaseContext {
     pub base: Arc<Context>,
     pub releases: Store<Release>,
     pub caches: WorkloadCaches,
+    /// The resource versions of this operator's last writes (see [`WriteFence`]).
+    pub fence: WriteFence,
 }
 
 /// Reconciles one Release: observe -> plan -> apply.
@@ -104,16 +116,34 @@ async fn reconcile_release(
     key: &ObjectKey,
     ctx: &ReleaseContext,
 ) -> Result<Action, ReconcileError> {
-    if release.metadata.deletion_timestamp.is_some() {
-        // A deleted Release leaves every workload as it is.
+    let deleting = release.metadata.deletion_timestamp.is_some();
+    let has_finalizer = release.finalizers().iter().any(|f| f == FINALIZER);
+    if deleting && !has_finalizer {
         return Ok(Action::await_change());
     }
+    ctx.caches.ready().await;
+    // Never decide from a view older than our own last write.
+    if let Some(stale) = stale_view(release, key, ctx) {
+        debug!(%stale, "cache behind the operator's last write; waiting for it");
+        ctx.base.metrics.releases().stale_views.inc();
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    let current = release.status.as_ref();
+    if !deleting
+        && !has_finalizer
+        && !current
+            .and_then(|s| s.phase)
+            .is_some_and(ReleasePhase::is_terminal)
+    {
+        let version = set_finalizer(ctx, key, true).await?;
+        ctx.fence.wrote(fence_key(key), version.as_deref());
+    }
+
     // Observe (no client required): caches only.
     let observed = ctx.caches.observe(&release.name_any(), &release.spec);
     let others = siblings(release, &ctx.releases);
     let annotations: BTreeMap<String, String> = release.annotations().clone();
     let gate_measurements = BTreeMap::new();
-    let current = release.status.as_ref();
 
     // Plan (no client required).
     let plan = plan_release(&PlanInput {
@@ -126,6 +156,7 @@ async fn reconcile_release(
         observed: &observed,
         gate_measurements: &gate_measurements,
         others: &others,
+        deleting,
         now: status_now(),
     });
 
@@ -138,27 +169,76 @@ async fn reconcile_release(
     }
     for action in &plan.actions {
         debug!(?action, "applying");
-        workloads::execute(&ctx.base.client, &ctx.caches, &release.name_any(), action).await?;
+        workloads::execute(
+            &ctx.base.client,
+            &ctx.caches,
+            &ctx.fence,
+            &release.name_any(),
+            action,
+        )
+        .await?;
     }
     if !plan.status_first && status_changed {
         record(ctx, release, key, current, &plan).await?;
     }
+    let terminal = plan.status.phase.is_some_and(ReleasePhase::is_terminal);
+    if deleting && terminal && plan.actions.is_empty() {
+        // Converged: every stage is where the release leaves it. Drop what only this
+        // release needed, then let the object go.
+        workloads::delete_revisions(&ctx.base.client, &release.name_any(), &release.spec).await?;
+        set_finalizer(ctx, key, false).await?;
+        info!("cleaned up; the Release can go");
+        return Ok(Action::await_change());
+    }
     let requeue = plan.requeue_after.unwrap_or(RESYNC_INTERVAL);
-    let terminal = matches!(
-        plan.status.phase,
-        Some(
-            ReleasePhase::Succeeded
-                | ReleasePhase::RolledBack
-                | ReleasePhase::Failed
-                | ReleasePhase::Superseded
-        )
-    );
     let requeue = if terminal {
         requeue
     } else {
         requeue.min(ACTIVE_RESYNC)
     };
     Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
+}
+
+fn fence_key(key: &ObjectKey) -> super::fence::FenceKey {
+    (KIND, key.namespace.clone(), key.name.clone())
+}
+
+/// The first object the planner would read whose cached view is older than the
+/// operator's own last write of it.
+fn stale_view(release: &Release, key: &ObjectKey, ctx: &ReleaseContext) -> Option<String> {
+    let view = Cached::At(release.metadata.resource_version.as_deref());
+    if ctx.fence.is_stale(&fence_key(key), view) {
+        return Some(format!("{KIND} {}/{}", key.namespace, key.name));
+    }
+    ctx.caches
+        .stale(&ctx.fence, &release.name_any(), &release.spec)
+}
+
+/// Adds or removes [`FINALIZER`] with server-side apply: Stagecoach owns only that entry
+/// of `metadata.finalizers` (a set), so other finalizers and the spec written by people
+/// or GitOps are untouched. Returns the new resource version.
+async fn set_finalizer(
+    ctx: &ReleaseContext,
+    key: &ObjectKey,
+    present: bool,
+) -> Result<Option<String>, ReconcileError> {
+    let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { vec![] };
+    let body = serde_json::json!({
+        "apiVersion": <Release as Resource>::api_version(&()),
+        "kind": <Release as Resource>::kind(&()),
+        "metadata": {"name": key.name, "finalizers": finalizers},
+    });
+    let api: kube::Api<Release> = kube::Api::namespaced(ctx.base.client.clone(), &key.namespace);
+    let params = kube::api::PatchParams::apply(stagecoach_api::FIELD_MANAGER).force();
+    match api
+        .patch(&key.name, &params, &kube::api::Patch::Apply(&body))
+        .await
+    {
+        Ok(written) => Ok(written.resource_version()),
+        // Already gone: nothing holds it any more.
+        Err(kube::Error::Api(status)) if status.code == 404 && !present => Ok(None),
+        Err(source) => Err(ReconcileError::Finalizer(Box::new(source))),
+    }
 }
 
 /// Writes the planned status, then its Events and metrics.
@@ -169,7 +249,8 @@ async fn record(
     current: Option<&stagecoach_api::ReleaseStatus>,
     plan: &Plan,
 ) -> Result<(), ReconcileError> {
-    apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+    let version = apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+    ctx.fence.wrote(fence_key(key), version.as_deref());
     record_metrics(ctx, plan);
     publish_events(ctx, release, plan).await;
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();

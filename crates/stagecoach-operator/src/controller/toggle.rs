@@ -211,7 +211,9 @@ async fn reconcile_toggle(
             debug!("toggle is gone");
             return Ok(Action::await_change());
         }
-        result => result?,
+        result => {
+            result?;
+        }
     }
     let reference = toggle.object_ref(&());
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();

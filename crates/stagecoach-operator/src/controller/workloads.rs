@@ -20,6 +20,7 @@ use stagecoach_engine::release::observed::{
 };
 use stagecoach_engine::release::rollout::{CANARY_LABEL, CANARY_ROLE, canary_name, revision_name};
 
+use super::fence::{Cached, WriteFence};
 use crate::error::ReconcileError;
 
 /// Label on every object the operator creates.
@@ -59,7 +60,27 @@ fn deployment_state(deployment: &Deployment) -> DeploymentState {
             .annotations()
             .get(TEMPLATE_HASH_ANNOTATION)
             .cloned(),
+        last_editor: last_editor(deployment),
     }
+}
+
+/// The field manager that most recently changed the Deployment's spec (not a
+/// subresource such as `status` or `scale`), other than Stagecoach itself. The cache keeps
+/// managedFields without their field sets for exactly this.
+fn last_editor(deployment: &Deployment) -> Option<String> {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter(|m| {
+            m.manager
+                .as_deref()
+                .is_some_and(|name| name != FIELD_MANAGER)
+        })
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
 }
 
 fn recorded(revision: &ControllerRevision) -> Option<RecordedRevision> {
@@ -192,6 +213,50 @@ impl WorkloadCaches {
         observed
     }
 
+    /// Waits until every cache has its first complete list: before that, a Deployment
+    /// missing from the cache may exist, and deciding from it would fail a stage for
+    /// nothing.
+    pub async fn ready(&self) {
+        // The writers live as long as the operator; an error means it is shutting down.
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.revisions.wait_until_ready().await;
+    }
+
+    /// The first object this release reads whose cached view is older than the operator's
+    /// own last write of it (see [`WriteFence`]), as `kind namespace/name`.
+    pub fn stale(&self, fence: &WriteFence, release: &str, spec: &ReleaseSpec) -> Option<String> {
+        for namespace in Self::stage_namespaces(spec) {
+            for workload in &spec.workloads {
+                for name in [
+                    workload.deployment.clone(),
+                    canary_name(&workload.deployment),
+                ] {
+                    let cached = self
+                        .deployments
+                        .get(&ObjectRef::new(&name).within(&namespace));
+                    let view = cached.as_deref().map_or(Cached::Absent, |d| {
+                        Cached::At(d.metadata.resource_version.as_deref())
+                    });
+                    if fence.is_stale(&(DEPLOYMENT, namespace.clone(), name.clone()), view) {
+                        return Some(format!("{DEPLOYMENT} {namespace}/{name}"));
+                    }
+                }
+                let name = revision_name(release, &workload.deployment);
+                let cached = self
+                    .revisions
+                    .get(&ObjectRef::new(&name).within(&namespace));
+                let view = cached.as_deref().map_or(Cached::Absent, |r| {
+                    Cached::At(r.metadata.resource_version.as_deref())
+                });
+                if fence.is_stale(&(REVISION, namespace.clone(), name.clone()), view) {
+                    return Some(format!("{REVISION} {namespace}/{name}"));
+                }
+            }
+        }
+        None
+    }
+
     /// The namespaces whose Deployments and pods matter to a release, for mapping watch
     /// events back to releases.
     pub fn stage_namespaces(spec: &ReleaseSpec) -> Vec<String> {
@@ -220,13 +285,35 @@ fn is_status(error: &kube::Error, code: u16) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == code)
 }
 
-/// Carries out one planned action.
+/// Fence kind of Deployments.
+const DEPLOYMENT: &str = "Deployment";
+/// Fence kind of ControllerRevisions.
+const REVISION: &str = "ControllerRevision";
+
+/// Carries out one planned action and remembers the resource version it wrote in `fence`.
 pub async fn execute(
+    client: &Client,
+    caches: &WorkloadCaches,
+    fence: &WriteFence,
+    release: &str,
+    action: &Action,
+) -> Result<(), ReconcileError> {
+    let written = apply(client, caches, release, action).await?;
+    if let Some((kind, namespace, name, version)) = written {
+        fence.wrote((kind, namespace, name), version.as_deref());
+    }
+    Ok(())
+}
+
+/// What a write left behind: kind, namespace, name and its new resource version.
+type Written = Option<(&'static str, String, String, Option<String>)>;
+
+async fn apply(
     client: &Client,
     caches: &WorkloadCaches,
     release: &str,
     action: &Action,
-) -> Result<(), ReconcileError> {
+) -> Result<Written, ReconcileError> {
     match action {
         Action::RecordStableRevision {
             namespace,
@@ -265,7 +352,9 @@ pub async fn execute(
         Action::DeleteCanary {
             namespace,
             deployment,
-        } => delete_canary(client, namespace, deployment).await,
+        } => delete_canary(client, namespace, deployment)
+            .await
+            .map(|()| None),
     }
 }
 
@@ -277,7 +366,7 @@ async fn record_revision(
     revision: &str,
     template: &Value,
     hash: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<Written, ReconcileError> {
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), namespace);
     let object: ControllerRevision = serde_json::from_value(json!({
         "apiVersion": "apps/v1",
@@ -292,8 +381,13 @@ async fn record_revision(
     .map_err(ReconcileError::SerializeStatus)?;
     match api.create(&PostParams::default(), &object).await {
         // Never overwrite: the first record is the truth.
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 409) => Ok(()),
+        Ok(created) => Ok(Some((
+            REVISION,
+            namespace.to_owned(),
+            revision.to_owned(),
+            created.resource_version(),
+        ))),
+        Err(e) if is_status(&e, 409) => Ok(None),
         Err(e) => Err(apply_error(
             "record the stable revision of",
             namespace,
@@ -312,7 +406,7 @@ async fn apply_canary(
     replicas: i32,
     template: &Value,
     hash: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<Written, ReconcileError> {
     let stable = caches
         .deployments
         .get(&ObjectRef::new(deployment).within(namespace));
@@ -340,14 +434,20 @@ async fn apply_canary(
         }
     });
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(apply_error("apply the canary", namespace, &name))?;
-    Ok(())
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(apply_error("apply the canary", namespace, &name))?;
+    Ok(Some((
+        DEPLOYMENT,
+        namespace.to_owned(),
+        name,
+        applied.resource_version(),
+    )))
 }
 
 async fn update_stable(
@@ -355,7 +455,7 @@ async fn update_stable(
     namespace: &str,
     deployment: &str,
     images: &[(String, String)],
-) -> Result<(), ReconcileError> {
+) -> Result<Written, ReconcileError> {
     let containers: Vec<Value> = images
         .iter()
         .map(|(name, image)| json!({"name": name, "image": image}))
@@ -370,14 +470,20 @@ async fn update_stable(
         }
     });
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        deployment,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(apply_error("update the images of", namespace, deployment))?;
-    Ok(())
+    let applied = api
+        .patch(
+            deployment,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(apply_error("update the images of", namespace, deployment))?;
+    Ok(Some((
+        DEPLOYMENT,
+        namespace.to_owned(),
+        deployment.to_owned(),
+        applied.resource_version(),
+    )))
 }
 
 /// Replaces the whole template (not a merge), read fresh, so what runs is exactly the
@@ -387,7 +493,7 @@ async fn restore_stable(
     namespace: &str,
     deployment: &str,
     template: &Value,
-) -> Result<(), ReconcileError> {
+) -> Result<Written, ReconcileError> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let mut current = api
         .get(deployment)
@@ -403,14 +509,20 @@ async fn restore_stable(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    api.replace(deployment, &params, &current)
+    let replaced = api
+        .replace(deployment, &params, &current)
         .await
         .map_err(apply_error(
             "restore the stable revision of",
             namespace,
             deployment,
         ))?;
-    Ok(())
+    Ok(Some((
+        DEPLOYMENT,
+        namespace.to_owned(),
+        deployment.to_owned(),
+        replaced.resource_version(),
+    )))
 }
 
 async fn delete_canary(
@@ -425,4 +537,31 @@ async fn delete_canary(
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(apply_error("delete the canary", namespace, &name)(e)),
     }
+}
+
+/// Deletes the stable revisions this release recorded in every stage namespace (a
+/// deleted Release's records are needed by nothing: each release records its own).
+pub async fn delete_revisions(
+    client: &Client,
+    release: &str,
+    spec: &ReleaseSpec,
+) -> Result<(), ReconcileError> {
+    for namespace in WorkloadCaches::stage_namespaces(spec) {
+        let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &namespace);
+        for workload in &spec.workloads {
+            let name = revision_name(release, &workload.deployment);
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => {
+                    return Err(apply_error(
+                        "delete the recorded revision",
+                        &namespace,
+                        &name,
+                    )(e));
+                }
+            }
+        }
+    }
+    Ok(())
 }
