@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every check, in the order CI runs them.
 //!
-//! fmt, clippy, `gen --check`, unit and property tests, then the end-to-end tests on a
+//! fmt, clippy, `gen --check`, unit and property tests (with flagd's JavaScript evaluator,
+//! installed from npm into tests/flagd-js), then the end-to-end tests on a
 //! fresh control plane that this command builds (if needed), starts and stops.
 
 use std::process::Command;
@@ -106,6 +107,56 @@ fn python_sdk() -> Result<std::path::PathBuf> {
     Ok(python)
 }
 
+/// flagd's JavaScript evaluator, the flag-set tests' third oracle: tests/flagd-js with its
+/// pinned npm packages installed (`npm ci`; again only when package-lock.json changes).
+/// Returns the script those tests run with node (see `STAGECOACH_FLAGD_JS` in
+/// crates/stagecoach-engine/tests/toggle_flagd/flagd_js.rs).
+fn flagd_js() -> Result<std::path::PathBuf> {
+    let dir = workspace_root().join("tests/flagd-js");
+    let script = dir.join("resolve.cjs");
+    let lock = dir.join("package-lock.json");
+    let marker = dir.join("node_modules/.stagecoach-package-lock.json");
+    let locked = std::fs::read(&lock).ok();
+    if locked.is_some() && std::fs::read(&marker).ok() == locked {
+        return Ok(script);
+    }
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|output| output.status.success()) {
+        bail!(
+            "the flag-set tests need Node.js (20 or later) and npm on PATH (Debian: apt-get install -y nodejs npm)"
+        );
+    }
+    let mut npm = Command::new("npm");
+    npm.current_dir(&dir)
+        .arg(if locked.is_some() { "ci" } else { "install" })
+        .args(["--no-audit", "--no-fund"]);
+    run(
+        "npm ci in tests/flagd-js (flagd's JavaScript evaluator)",
+        npm,
+    )
+    .context("installing tests/flagd-js needs npm and its registry")?;
+    std::fs::write(&marker, std::fs::read(&lock)?)?;
+    Ok(script)
+}
+
+/// The flag-set tests against flagd's JavaScript evaluator: #[ignore]d for a plain
+/// `cargo test` (they need Node and the npm packages), always run here. Same package
+/// selection as the unit tests, so nothing is rebuilt.
+fn flag_sets_against_flagd_js(tally: &mut Tally) -> Result<()> {
+    let mut cmd = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "stagecoach-e2e",
+        "--test",
+        "toggle_flagd",
+        "--",
+        "--ignored",
+    ]);
+    cmd.env("STAGECOACH_FLAGD_JS", flagd_js()?);
+    run_tests("flag sets against flagd's JavaScript evaluator", cmd, tally)
+}
+
 /// The OFREP benchmark's load generator: `wrk`, installed from Debian when missing.
 fn ensure_wrk() -> Result<()> {
     let present = |()| Command::new("wrk").arg("--version").output().is_ok();
@@ -164,6 +215,7 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
         cargo(&["test", "--workspace", "--exclude", "stagecoach-e2e"]),
         &mut tally,
     )?;
+    flag_sets_against_flagd_js(&mut tally)?;
     if skip_e2e {
         eprintln!("\nend-to-end tests skipped (--skip-e2e)");
         return Ok(());

@@ -5,18 +5,32 @@
 //! when the stage has active rules, `targeting` as one JsonLogic `if` chain, rules in order:
 //!
 //! ```text
-//! client   = {"or": [{"var": "<bucketBy>"}, {"var": "targetingKey"}]}     (bucketBy, else targetingKey)
+//! client   = {"if": [{"var": "<bucketBy>"}, {"var": "<bucketBy>"}, {"var": "targetingKey"}]}
+//!            ({"var": "targetingKey"} when bucketBy is targetingKey)
 //! clients  -> {"in": [client, ["acme", "globex"]]}, "on"
 //! split    -> client, {"fractional": [{"cat": ["<flag key>", client]}, ["off", 80], ["on", 20]]}
 //! ```
 //!
+//! - `client` is the `bucketBy` attribute when it is truthy, else the targeting key, as
+//!   [`super::evaluate()`] reads it. It is an `if`, not the equivalent
+//!   `{"or": [{"var": "<bucketBy>"}, {"var": "targetingKey"}]}`: flagd's JavaScript
+//!   evaluator (`@openfeature/flagd-core`, json-logic-engine 5 in its default compiled mode)
+//!   compiles an `or` inside `cat` without parentheses, so the `cat` yields the attribute
+//!   alone (or null) and 38-47 % of clients land in another variant than in flagd's Go
+//!   evaluator. An `if` compiles parenthesized and reads the same in every evaluator.
 //! - The `cat` makes flagd hash exactly flag key + bucketing value, as [`super::hash`] does.
 //!   The key is written literally rather than as `{"var": "$flagd.flagKey"}`, so the rule
-//!   does not depend on an evaluator injecting `$flagd` properties.
-//! - A split is guarded by `client` itself: without a bucketing value, JsonLogic's `or`
-//!   yields a falsy value that `cat` would turn into the string "false" and hash, putting
-//!   every anonymous caller in one bucket; guarded, the split is skipped and flagd serves the
-//!   default. ([`super::evaluate()`] answers TARGETING_KEY_MISSING there instead.)
+//!   does not depend on an evaluator injecting `$flagd` properties. flagd's Go evaluator
+//!   trims the concatenation (which [`super::evaluate()`] follows); the JavaScript one does
+//!   not, so a bucketing value ending in whitespace is hashed differently there, and its
+//!   MurmurHash3 hashes UTF-16 code units, so a non-ASCII bucketing value too. No rendering
+//!   can change that; ASCII client ids without trailing whitespace land alike everywhere.
+//! - A split is guarded by `client` itself: without a bucketing value, `client` is falsy and
+//!   `cat` would turn it into a fixed string and hash that, putting every anonymous caller
+//!   in one bucket; guarded, the split is skipped and flagd serves the default.
+//!   ([`super::evaluate()`] answers TARGETING_KEY_MISSING there instead.)
+//! - Empty client ids are left out of client lists: an empty value never identifies a
+//!   client, while a falsy `client` could equal "".
 //! - Split variants with weight 0 are left out (they can never win and do not move other
 //!   variants' ranges); a split with a single remaining variant is rendered as that variant,
 //!   since flagd's schema wants at least two in `fractional`.
@@ -184,13 +198,14 @@ pub fn render_flag(
     Ok(sorted(&Value::Object(flag)))
 }
 
-/// The JsonLogic that yields the client's bucketing value: the `bucketBy` attribute, else
-/// the targeting key (`or` returns its first truthy operand).
+/// The JsonLogic that yields the client's bucketing value: the `bucketBy` attribute when it
+/// is truthy, else the targeting key. Written as an `if`, never an `or`: see the module
+/// documentation.
 fn bucketing_expression(bucket_by: &str) -> Value {
     if bucket_by == TARGETING_KEY {
         json!({"var": TARGETING_KEY})
     } else {
-        json!({"or": [{"var": bucket_by}, {"var": TARGETING_KEY}]})
+        json!({"if": [{"var": bucket_by}, {"var": bucket_by}, {"var": TARGETING_KEY}]})
     }
 }
 
@@ -200,7 +215,11 @@ fn targeting(flag_key: &str, bucket_by: &str, rules: &[ActiveRule<'_>]) -> Value
     for rule in rules {
         match &rule.action {
             RuleAction::Clients { clients, variant } => {
-                let listed = clients.iter().map(|c| Value::String(c.0.clone())).collect();
+                let listed = clients
+                    .iter()
+                    .filter(|c| !c.0.is_empty())
+                    .map(|c| Value::String(c.0.clone()))
+                    .collect();
                 branches.push(json!({"in": [client, Value::Array(listed)]}));
                 branches.push(Value::String((*variant).to_owned()));
             }
@@ -285,7 +304,8 @@ mod tests {
             "demo",
             &ActiveCouplings::none(),
         );
-        let client = json!({"or": [{"var": "clientId"}, {"var": "targetingKey"}]});
+        let client =
+            json!({"if": [{"var": "clientId"}, {"var": "clientId"}, {"var": "targetingKey"}]});
         assert_eq!(
             set.document,
             json!({
@@ -305,6 +325,22 @@ mod tests {
         );
         assert!(set.rejected.is_empty());
         assert!(set.version.starts_with("sha256:") && set.version.len() == 7 + 64);
+    }
+
+    #[test]
+    fn empty_client_ids_are_not_listed() {
+        let toggle = spec(json!({
+            "application": "billing",
+            "variants": {"on": true, "off": false},
+            "defaultVariant": "off",
+            "bucketBy": "targetingKey",
+            "stages": {"demo": {"rules": [{"clients": ["", "acme"], "variant": "on"}]}}
+        }));
+        let flag = render_flag("f", &toggle, "demo", &ActiveCouplings::none()).unwrap();
+        assert_eq!(
+            flag["targeting"],
+            json!({"if": [{"in": [{"var": "targetingKey"}, ["acme"]]}, "on"]})
+        );
     }
 
     #[test]

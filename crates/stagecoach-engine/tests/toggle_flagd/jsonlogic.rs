@@ -1,5 +1,6 @@
 //! A tiny JsonLogic interpreter and flagd resolver, for tests only: just the operators the
-//! flagd renderer emits (if, in, or, var, cat, fractional), with the semantics of flagd's
+//! flagd renderer emits (if, in, var, cat, fractional; and or, which it avoids since
+//! flagd's JavaScript evaluator misreads it inside `cat`), with the semantics of flagd's
 //! Go evaluator (github.com/diegoholiveira/jsonlogic/v3 plus flagd's own `fractional`):
 //!
 //! - `if` is a lazy if/else-if chain; with no match and no else branch it yields null;
