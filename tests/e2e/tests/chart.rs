@@ -146,26 +146,33 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
         assert!(
             !verbs.contains(&"delete")
                 || rule["resources"] == serde_json::json!(["deployments"])
-                || rule["resources"] == serde_json::json!(["configmaps"]),
-            "delete only on Deployments (canaries) and ConfigMaps (flag sets): {rule}"
+                || rule["resources"] == serde_json::json!(["configmaps"])
+                || rule["resources"] == serde_json::json!(["controllerrevisions"]),
+            "delete only on Deployments (canaries), ConfigMaps (flag sets) and \
+             ControllerRevisions (a deleted Release's records): {rule}"
         );
     }
-    // The operator reads its resources and writes only their status.
-    let writes_spec = rules.iter().any(|r| {
-        r["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|x| x == "releases" || x == "featuretoggles")
-            && r["verbs"]
+    // The operator reads its resources and writes only their status, plus (patch on
+    // Releases alone) its finalizer: server-side apply of metadata.finalizers.
+    let writes = |resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r["resources"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|v| v == "update" || v == "patch" || v == "create")
-    });
+                .any(|x| x == resource)
+                && r["verbs"].as_array().into_iter().flatten().any(|v| v == verb)
+        })
+    };
+    for verb in ["update", "create"] {
+        assert!(!writes("releases", verb), "releases: {verb}");
+    }
+    for verb in ["update", "create", "patch"] {
+        assert!(!writes("featuretoggles", verb), "featuretoggles: {verb}");
+    }
     assert!(
-        !writes_spec,
-        "the operator never writes a Release's or FeatureToggle's spec"
+        writes("releases", "patch"),
+        "the Release finalizer needs patch on releases"
     );
     Ok(())
 }

@@ -1,0 +1,292 @@
+//! The world changing under a release, end to end on the real control plane: someone
+//! edits or deletes the Deployment the release is rolling out, scales it, or deletes the
+//! Release itself (also with the operator killed in the middle of that cleanup). Each
+//! test asserts what a user would see: templates, canaries, recorded revisions, the
+//! Release's status and Events.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod release_support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use stagecoach_api::condition::ConditionStatus;
+use stagecoach_api::release::{ReleasePhase, StagePhase};
+use stagecoach_e2e::{Operator, PIPELINE_DEPLOYMENT, eventually, release_manifest};
+
+use release_support::*;
+
+/// prod: 25 %, a pause long enough to act in, then 100 %.
+fn slow_canary(pause: &str) -> serde_json::Value {
+    json!([{"setWeight": 25}, {"pause": {"duration": pause}}, {"setWeight": 100}])
+}
+
+async fn start_release(f: &Fixture, name: &str, pause: &str) -> Result<()> {
+    f.create_release(&release_manifest(
+        name,
+        APP,
+        "1.1.0",
+        NEW_IMAGE,
+        &stages_spec(&f.pipeline, &slow_canary(pause), "5s"),
+    ))
+    .await?;
+    f.wait_release(name, "prod at 25 %", ROLLOUT_TIMEOUT, |r| {
+        stage_step(r, "prod").is_some_and(|s| s >= 1)
+    })
+    .await?;
+    ensure!(f.canary("prod").await?.is_some(), "a canary runs in prod");
+    Ok(())
+}
+
+/// `kubectl set image deployment/api app=<image>` as kubectl does it: a strategic merge
+/// patch under the field manager `kubectl-set`.
+async fn set_image(f: &Fixture, stage: &str, image: &str) -> Result<()> {
+    let params = PatchParams {
+        field_manager: Some("kubectl-set".into()),
+        ..PatchParams::default()
+    };
+    f.deployments(stage)
+        .patch(
+            PIPELINE_DEPLOYMENT,
+            &params,
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": image}
+            ]}}}})),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn revisions_of(f: &Fixture, release: &str) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for ns in f.pipeline.namespaces() {
+        let api: Api<ControllerRevision> = Api::namespaced(f.client.clone(), ns);
+        let name = format!("stagecoach-{release}-{PIPELINE_DEPLOYMENT}");
+        if api.get_opt(&name).await?.is_some() {
+            found.push(format!("{ns}/{name}"));
+        }
+    }
+    Ok(found)
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn a_hotfix_on_the_stable_deployment_holds_the_release_and_survives_abort() -> Result<()> {
+    const HOTFIX: &str = "example/shop-api:1.0.1-hotfix";
+    let f = Fixture::start("rel-edit").await?;
+    let name = "shop-1.1.0";
+    start_release(&f, name, "4s").await?;
+    set_image(&f, "prod", HOTFIX).await?;
+
+    let release = f
+        .wait_release(name, "held for the outside edit", ROLLOUT_TIMEOUT, |r| {
+            condition(r, "Degraded") == Some((ConditionStatus::True, "OutsideEdit".into()))
+        })
+        .await?;
+    assert_eq!(status(&release).phase, Some(ReleasePhase::Paused));
+    let message = status(&release).message.unwrap_or_default();
+    assert!(
+        message.contains(HOTFIX) && message.contains("kubectl-set"),
+        "the message says what changed and who changed it: {message}"
+    );
+    let note = f.wait_event(name, "Warning", "OutsideEdit").await?;
+    assert!(note.contains(HOTFIX), "{note}");
+
+    // Well past the pause, the release has not overwritten the hotfix.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let release = f.release(name).await?;
+    assert_eq!(status(&release).phase, Some(ReleasePhase::Paused));
+    assert_eq!(stage_phase(&release, "prod"), Some(StagePhase::Progressing));
+    assert_eq!(
+        f.template("prod").await?,
+        with_image(f.before("prod"), HOTFIX),
+        "the hotfix is still what prod runs"
+    );
+
+    // The explicit decision: abort. The canary goes, the hotfix stays.
+    f.patch_spec(name, json!({"abort": true})).await?;
+    let release = f.wait_phase(name, ReleasePhase::RolledBack).await?;
+    f.wait_no_canary("prod").await?;
+    assert_eq!(
+        f.template("prod").await?,
+        with_image(f.before("prod"), HOTFIX)
+    );
+    let rollback = status(&release).rollbacks.last().cloned().unwrap();
+    assert!(
+        rollback.message.contains("not restored"),
+        "the record says the Deployment was left as edited: {}",
+        rollback.message
+    );
+    // An ended release keeps its hands off it too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        f.template("prod").await?,
+        with_image(f.before("prod"), HOTFIX)
+    );
+    f.finish().await
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn scaling_the_stable_deployment_mid_rollout_is_allowed_and_kept() -> Result<()> {
+    let f = Fixture::start("rel-scale").await?;
+    let name = "shop-1.1.0";
+    start_release(&f, name, "3s").await?;
+    // `kubectl scale` (the scale subresource), as an HPA would.
+    f.deployments("prod")
+        .patch_scale(
+            PIPELINE_DEPLOYMENT,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": PROD_REPLICAS + 1}})),
+        )
+        .await?;
+    let release = f.wait_phase(name, ReleasePhase::Succeeded).await?;
+    assert!(status(&release).rollbacks.is_empty());
+    let prod: Deployment = f.deployments("prod").get(PIPELINE_DEPLOYMENT).await?;
+    assert_eq!(
+        prod.spec.unwrap().replicas,
+        Some(PROD_REPLICAS + 1),
+        "the replica change is never overwritten"
+    );
+    assert_eq!(
+        f.template("prod").await?,
+        with_image(f.before("prod"), NEW_IMAGE)
+    );
+    f.finish().await
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn a_deleted_deployment_fails_the_stage_at_once_and_its_canary_goes() -> Result<()> {
+    let f = Fixture::start("rel-gone").await?;
+    let name = "shop-1.1.0";
+    start_release(&f, name, "60s").await?;
+    let deleted = Instant::now();
+    f.deployments("prod")
+        .delete(PIPELINE_DEPLOYMENT, &DeleteParams::background())
+        .await?;
+    let release = f.wait_phase(name, ReleasePhase::Failed).await?;
+    let took = deleted.elapsed();
+    ensure!(
+        took < Duration::from_secs(20),
+        "reported after {took:?}, not at once"
+    );
+    assert_eq!(stage_phase(&release, "prod"), Some(StagePhase::Failed));
+    assert!(
+        status(&release).rollbacks.is_empty(),
+        "no rollback is claimed: {:?}",
+        status(&release).rollbacks
+    );
+    assert_eq!(
+        condition(&release, "Degraded"),
+        Some((ConditionStatus::True, "DeploymentDeleted".into()))
+    );
+    let message = status(&release).message.unwrap_or_default();
+    assert!(
+        !message.contains("rolled back") && message.contains("nothing to restore"),
+        "{message}"
+    );
+    f.wait_event(name, "Warning", "DeploymentDeleted").await?;
+    f.wait_no_canary("prod").await?;
+    ensure!(
+        f.deployments("prod")
+            .get_opt(PIPELINE_DEPLOYMENT)
+            .await?
+            .is_none(),
+        "nothing was recreated"
+    );
+    f.finish().await
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn deleting_a_release_mid_rollout_rolls_back_and_cleans_up_even_if_the_operator_dies()
+-> Result<()> {
+    let mut f = Fixture::start("rel-delete").await?;
+    let name = "shop-1.1.0";
+    start_release(&f, name, "120s").await?;
+    ensure!(
+        revisions_of(&f, name).await?.len() == STAGES.len(),
+        "every stage recorded its stable revision"
+    );
+
+    // Delete it while no operator runs: the finalizer keeps the object (and so the
+    // record of how to restore prod) until an operator has cleaned up.
+    f.operator.take().unwrap().kill().await?;
+    f.releases.delete(name, &DeleteParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = f.release(name).await?;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(f.canary("prod").await?.is_some());
+
+    // An operator that dies as soon as it has decided the rollback.
+    let operator = Operator::start("rel-delete-1", &f.pipeline.home.name)?;
+    let decided = eventually(Duration::from_secs(60), || async {
+        let r = f.releases.get_opt(name).await?;
+        Ok(match r {
+            None => Some(false),
+            Some(r) if status(&r).phase == Some(ReleasePhase::RolledBack) => Some(true),
+            Some(_) => None,
+        })
+    })
+    .await
+    .with_context(|| format!("no rollback decided; log:\n{}", operator.log_tail(30)))?;
+    operator.kill().await?;
+    println!("operator killed after the rollback was decided: {decided}");
+
+    f.operator = Some(Operator::start_ready("rel-delete-2", &f.pipeline.home.name).await?);
+    eventually(Duration::from_secs(60), || async {
+        Ok(f.releases.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+    .with_context(|| format!("the Release was never let go; log:\n{}", f.operator().log_tail(30)))?;
+    f.wait_template("prod", f.before("prod")).await?;
+    f.wait_no_canary("prod").await?;
+    for stage in ["dev", "qa", "demo"] {
+        assert_eq!(
+            f.template(stage).await?,
+            with_image(f.before(stage), NEW_IMAGE),
+            "{stage} had succeeded and keeps the new version"
+        );
+    }
+    let left = revisions_of(&f, name).await?;
+    assert!(left.is_empty(), "recorded revisions left behind: {left:?}");
+    f.finish().await
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn deleting_a_release_that_ended_lets_it_go_at_once() -> Result<()> {
+    let f = Fixture::start("rel-delete-done").await?;
+    let name = "shop-1.1.0";
+    f.create_release(&release_manifest(
+        name,
+        APP,
+        "1.1.0",
+        NEW_IMAGE,
+        &stages_spec(&f.pipeline, &json!([{"setWeight": 100}]), "1s"),
+    ))
+    .await?;
+    f.wait_phase(name, ReleasePhase::Succeeded).await?;
+    let started = Instant::now();
+    f.releases.delete(name, &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(f.releases.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await?;
+    println!("let go in {:?}", started.elapsed());
+    for (stage, _) in STAGES {
+        assert_eq!(
+            f.template(stage).await?,
+            with_image(f.before(stage), NEW_IMAGE),
+            "{stage} keeps what shipped"
+        );
+    }
+    assert!(revisions_of(&f, name).await?.is_empty());
+    f.finish().await
+}
