@@ -96,7 +96,8 @@ impl ReleaseMetrics {
 }
 
 /// Feature-toggle metrics. Labels: `action` is apply or delete; `direction` is
-/// activated or deactivated; `endpoint` is single or bulk; `code` is the HTTP status.
+/// activated or deactivated; `endpoint` is single, bulk or other (an unknown path);
+/// `code` is the HTTP status.
 #[derive(Clone)]
 pub struct ToggleMetrics {
     pub flag_set_writes: IntCounterVec,
@@ -123,7 +124,7 @@ impl ToggleMetrics {
         let ofrep_requests = IntCounterVec::new(
             Opts::new(
                 "stagecoach_ofrep_requests_total",
-                "OFREP evaluation requests answered, by endpoint and HTTP status.",
+                "OFREP requests answered (rejections included), by endpoint and HTTP status.",
             ),
             &["endpoint", "code"],
         )?;

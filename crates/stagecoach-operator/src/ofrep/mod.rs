@@ -26,6 +26,12 @@
 //!   gets 304 Not Modified. 400 `{errorCode, errorDetails}` for a body that is not JSON or
 //!   an invalid context; 404 for an application or stage that serves no toggles.
 //!
+//! Other answers: 405 for another method than POST, 413 for a body over 2 MB, 414 for a
+//! URI over 8 KiB. A key, application, namespace or stage from the request is echoed in
+//! an error body at most once and cut after 256 characters. Every answer is counted in
+//! `stagecoach_ofrep_requests_total{endpoint, code}` (endpoint `single`, `bulk` or
+//! `other` for a path that is neither).
+//!
 //! `metadata` carries `flagSetVersion`, the same content version as the stage's ConfigMap.
 //! Answers come from [`FlagIndex`], which the toggle controller keeps current: no API call
 //! per request. The evaluation is [`stagecoach_engine::toggle::evaluate()`], so OFREP, the

@@ -1,16 +1,18 @@
 //! The OFREP HTTP routes: request parsing, evaluation from the [`FlagIndex`], and the
 //! protocol's response bodies. See the [module documentation](super) for the contract.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stagecoach_engine::toggle::{
@@ -22,29 +24,84 @@ use tracing::warn;
 use super::{AppFlags, FlagIndex};
 use crate::metrics::ToggleMetrics;
 
-/// Requests answered, by outcome; resolved once so a request only bumps an atomic.
+/// The longest request URI (path and query) served; a longer one is answered 414. The
+/// longest valid OFREP URI (names of at most 253 characters) is well under 1 KiB.
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// At most this many characters of a request's key, application, namespace or stage are
+/// echoed in an error body.
+const MAX_ECHO_CHARS: usize = 256;
+
+/// Which OFREP endpoint a request path is for: the `endpoint` label.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Endpoint {
+    Single,
+    Bulk,
+    /// A path that is neither (answered 404 by the router).
+    Other,
+}
+
+impl Endpoint {
+    fn of(path: &str) -> Self {
+        const FLAGS: &str = "/ofrep/v1/evaluate/flags";
+        if path.ends_with(FLAGS) {
+            Self::Bulk
+        } else if path.contains(&format!("{FLAGS}/")) {
+            Self::Single
+        } else {
+            Self::Other
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Bulk => "bulk",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Every answer, by endpoint and status code (both bounded: three endpoints, three-digit
+/// codes). The common ones are resolved once, so such a request only bumps an atomic.
 #[derive(Clone)]
 struct Counters {
-    single_ok: IntCounter,
-    single_bad_request: IntCounter,
-    single_not_found: IntCounter,
-    bulk_ok: IntCounter,
-    bulk_not_modified: IntCounter,
-    bulk_bad_request: IntCounter,
-    bulk_not_found: IntCounter,
+    requests: IntCounterVec,
+    /// `[single, bulk]` x `[200, 304, 400, 404]`.
+    common: [[IntCounter; 4]; 2],
 }
 
 impl Counters {
+    const COMMON: [StatusCode; 4] = [
+        StatusCode::OK,
+        StatusCode::NOT_MODIFIED,
+        StatusCode::BAD_REQUEST,
+        StatusCode::NOT_FOUND,
+    ];
+
     fn new(metrics: &ToggleMetrics) -> Self {
-        let counter = |endpoint, code| metrics.ofrep_requests.with_label_values(&[endpoint, code]);
+        let requests = metrics.ofrep_requests.clone();
+        let row = |endpoint: Endpoint| {
+            Self::COMMON.map(|code| requests.with_label_values(&[endpoint.label(), code.as_str()]))
+        };
         Self {
-            single_ok: counter("single", "200"),
-            single_bad_request: counter("single", "400"),
-            single_not_found: counter("single", "404"),
-            bulk_ok: counter("bulk", "200"),
-            bulk_not_modified: counter("bulk", "304"),
-            bulk_bad_request: counter("bulk", "400"),
-            bulk_not_found: counter("bulk", "404"),
+            common: [row(Endpoint::Single), row(Endpoint::Bulk)],
+            requests,
+        }
+    }
+
+    fn count(&self, endpoint: Endpoint, status: StatusCode) {
+        let row = match endpoint {
+            Endpoint::Single => Some(&self.common[0]),
+            Endpoint::Bulk => Some(&self.common[1]),
+            Endpoint::Other => None,
+        };
+        match row.zip(Self::COMMON.iter().position(|code| *code == status)) {
+            Some((row, at)) => row[at].inc(),
+            None => self
+                .requests
+                .with_label_values(&[endpoint.label(), status.as_str()])
+                .inc(),
         }
     }
 }
@@ -52,19 +109,65 @@ impl Counters {
 #[derive(Clone)]
 struct OfrepState {
     index: FlagIndex,
-    counters: Arc<Counters>,
 }
 
-/// The OFREP routes under the per-application, per-stage base path.
+/// The OFREP routes under the per-application, per-stage base path. Every answer the
+/// router gives is counted in `stagecoach_ofrep_requests_total`, rejections included
+/// (405 wrong method, 413 body too large, 414 URI too long, 404 unknown path). Not
+/// counted: what hyper answers itself to a request it cannot parse, before any routing
+/// (malformed HTTP, a request line over 64 KiB, a head over about 400 KB).
 pub fn router(index: FlagIndex, metrics: &ToggleMetrics) -> Router {
     const BASE: &str = "/apps/{namespace}/{application}/stages/{stage}/ofrep/v1/evaluate/flags";
     Router::new()
         .route(&format!("{BASE}/{{key}}"), post(evaluate_one))
         .route(BASE, post(evaluate_all))
-        .with_state(OfrepState {
-            index,
-            counters: Arc::new(Counters::new(metrics)),
-        })
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(OfrepState { index })
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Counters::new(metrics)),
+            count_and_limit,
+        ))
+}
+
+/// Answers 414 for a URI longer than [`MAX_URI_BYTES`], and counts every answer.
+async fn count_and_limit(
+    State(counters): State<Arc<Counters>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    let endpoint = Endpoint::of(request.uri().path());
+    let response = if uri_len > MAX_URI_BYTES {
+        json_response(
+            StatusCode::URI_TOO_LONG,
+            &Failure {
+                key: None,
+                error_code: ErrorCode::General.as_str(),
+                error_details: format!(
+                    "the request URI is {uri_len} bytes long; at most {MAX_URI_BYTES} are served"
+                ),
+            },
+        )
+    } else {
+        next.run(request).await
+    };
+    counters.count(endpoint, response.status());
+    response
+}
+
+/// `text`, or its first [`MAX_ECHO_CHARS`] characters and a marker when it is longer.
+fn shorten(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!(
+            "{}...({} characters)",
+            &text[..end],
+            text.chars().count()
+        )),
+    }
 }
 
 /// Serves OFREP on `listener` until `shutdown` completes.
@@ -195,7 +298,10 @@ fn served(
 
 /// Why `application` serves nothing in `stage`, for errorDetails.
 fn missing_stage(index: &FlagIndex, namespace: &str, application: &str, stage: &str) -> String {
-    match index.application(namespace, application) {
+    let app = index.application(namespace, application);
+    let (namespace, application, stage) =
+        (shorten(namespace), shorten(application), shorten(stage));
+    match app {
         None => format!(
             "application {application} in namespace {namespace} has no FeatureToggle served \
              by this operator"
@@ -218,17 +324,12 @@ async fn evaluate_one(
     Path((namespace, application, stage, key)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> Response {
-    let counters = &server.counters;
+    let echoed_key = shorten(&key);
     let failure = |status: StatusCode, code: ErrorCode, details: String| {
-        if status == StatusCode::NOT_FOUND {
-            counters.single_not_found.inc();
-        } else {
-            counters.single_bad_request.inc();
-        }
         json_response(
             status,
             &Failure {
-                key: Some(&key),
+                key: Some(echoed_key.as_ref()),
                 error_code: code.as_str(),
                 error_details: details,
             },
@@ -247,16 +348,17 @@ async fn evaluate_one(
         .get(&key)
         .and_then(|name| server.index.toggle(&namespace, name));
     let Some(toggle) = toggle else {
+        // The key is in the body's `key` already: not echoed twice.
         let details = app.not_served.get(&key).cloned().unwrap_or_else(|| {
-            format!("flag {key:?} is not a FeatureToggle key of application {application}")
+            format!(
+                "this key is not a FeatureToggle key of application {}",
+                shorten(&application)
+            )
         });
         return failure(StatusCode::NOT_FOUND, ErrorCode::FlagNotFound, details);
     };
     match evaluate(&key, &toggle.spec, &stage, &context, &app.couplings) {
-        Ok(evaluation) => {
-            counters.single_ok.inc();
-            json_response(StatusCode::OK, &success(&key, evaluation, &version))
-        }
+        Ok(evaluation) => json_response(StatusCode::OK, &success(&key, evaluation, &version)),
         Err(error) => {
             let status = match error.code() {
                 ErrorCode::FlagNotFound => StatusCode::NOT_FOUND,
@@ -293,13 +395,7 @@ async fn evaluate_all(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let counters = &server.counters;
     let failure = |status: StatusCode, code: ErrorCode, details: String| {
-        if status == StatusCode::NOT_FOUND {
-            counters.bulk_not_found.inc();
-        } else {
-            counters.bulk_bad_request.inc();
-        }
         json_response(
             status,
             &Failure {
@@ -320,7 +416,6 @@ async fn evaluate_all(
     let etag = entity_tag(&version, &raw_context);
     let etag_header = HeaderValue::from_str(&etag).ok();
     if matches_etag(&headers, &etag) {
-        counters.bulk_not_modified.inc();
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         if let Some(value) = etag_header {
             response.headers_mut().insert(header::ETAG, value);
@@ -344,7 +439,6 @@ async fn evaluate_all(
             flag_set_version: &version,
         },
     };
-    counters.bulk_ok.inc();
     let mut response = json_response(StatusCode::OK, &body);
     if let Some(value) = etag_header {
         response.headers_mut().insert(header::ETAG, value);
@@ -441,6 +535,18 @@ mod tests {
         body: &str,
         if_none_match: Option<&str>,
     ) -> (StatusCode, HeaderMap, Value) {
+        let (status, headers, bytes) = call_raw(router, method, path, body, if_none_match).await;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, value)
+    }
+
+    async fn call_raw(
+        router: &Router,
+        method: &str,
+        path: &str,
+        body: &str,
+        if_none_match: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
@@ -455,8 +561,7 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, value)
+        (status, headers, bytes)
     }
 
     fn router() -> Router {
@@ -643,5 +748,112 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// Every answer is counted, the router's own rejections included.
+    #[tokio::test]
+    async fn every_answer_is_counted_rejections_included() {
+        let metrics = Metrics::new().unwrap();
+        let router = super::router(index(), metrics.toggles());
+        let count = |endpoint: &str, code: &str| {
+            metrics
+                .toggles()
+                .ofrep_requests
+                .with_label_values(&[endpoint, code])
+                .get()
+        };
+        let single = format!("{BASE}/new-ui");
+        let long_key = format!("{BASE}/{}", "k".repeat(MAX_URI_BYTES));
+        let too_large = " ".repeat(2 * 1024 * 1024 + 1);
+        let cases = [
+            (
+                "POST",
+                single.as_str(),
+                "{}",
+                StatusCode::BAD_REQUEST,
+                "single",
+            ),
+            (
+                "GET",
+                single.as_str(),
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "single",
+            ),
+            ("PUT", BASE, "", StatusCode::METHOD_NOT_ALLOWED, "bulk"),
+            (
+                "POST",
+                single.as_str(),
+                too_large.as_str(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "single",
+            ),
+            (
+                "POST",
+                BASE,
+                too_large.as_str(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bulk",
+            ),
+            (
+                "POST",
+                long_key.as_str(),
+                "{}",
+                StatusCode::URI_TOO_LONG,
+                "single",
+            ),
+            (
+                "POST",
+                "/apps/team/shop/nothing-here",
+                "{}",
+                StatusCode::NOT_FOUND,
+                "other",
+            ),
+        ];
+        for (method, path, body, expected, endpoint) in cases {
+            let before = count(endpoint, expected.as_str());
+            let (status, _, _) = call(&router, method, path, body, None).await;
+            assert_eq!(status, expected, "{method} {}", &path[..path.len().min(80)]);
+            assert_eq!(
+                count(endpoint, expected.as_str()),
+                before + 1,
+                "{method} {}: {endpoint} {expected} not counted",
+                &path[..path.len().min(80)]
+            );
+        }
+        let (status, _, body) = call(&router, "POST", &long_key, "{}", None).await;
+        assert_eq!(status, StatusCode::URI_TOO_LONG);
+        assert_eq!(body["errorCode"], "GENERAL", "{body}");
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("stagecoach_ofrep_requests_total{code=\"405\",endpoint=\"single\"} 1"),
+            "{text}"
+        );
+    }
+
+    /// A 5,000-character unknown key is echoed once, truncated: the body stays small.
+    #[tokio::test]
+    async fn an_unknown_long_key_is_echoed_once_and_truncated() {
+        let router = router();
+        let key = "x".repeat(5000);
+        let (status, _, bytes) =
+            call_raw(&router, "POST", &format!("{BASE}/{key}"), "{}", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(bytes.len() < 1024, "{} bytes", bytes.len());
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["errorCode"], "FLAG_NOT_FOUND");
+        let echoed = body["key"].as_str().unwrap();
+        assert!(echoed.starts_with(&key[..MAX_ECHO_CHARS]), "{echoed}");
+        assert!(echoed.ends_with("...(5000 characters)"), "{echoed}");
+        let details = body["errorDetails"].as_str().unwrap();
+        assert!(!details.contains("xxxx"), "{details}");
+        assert!(details.contains("application shop"), "{details}");
+        // A key of a usual length is echoed whole.
+        let (_, _, body) = call(&router, "POST", &format!("{BASE}/nope"), "{}", None).await;
+        assert_eq!(body["key"], "nope");
+        assert_eq!(
+            shorten(&"y".repeat(MAX_ECHO_CHARS)),
+            "y".repeat(MAX_ECHO_CHARS)
+        );
     }
 }
