@@ -125,6 +125,9 @@ impl ApiServer {
 #[derive(Debug)]
 struct Measured {
     pause_seconds: i64,
+    /// From the end of the pause to the release's end (the 100 % step and early life
+    /// support): long when a cache stays stale after the restart.
+    after_pause_seconds: i64,
     status_writes: f64,
 }
 
@@ -176,8 +179,12 @@ async fn roll_out(prefix: &str, restart: Option<&ApiServer>) -> Result<Measured>
         .map(|t| t.at)
         .collect();
     ensure!(prod.len() == 3, "prod's steps: {prod:?}");
+    let ended = status(&release)
+        .completed_at
+        .context("a succeeded release has completedAt")?;
     let measured = Measured {
         pause_seconds: (prod[1] - prod[0]).num_seconds(),
+        after_pause_seconds: (ended - prod[1]).num_seconds(),
         status_writes: f.release_metric("stagecoach_status_writes_total").await?,
     };
     println!("{prefix}: {measured:?}");
@@ -205,6 +212,12 @@ async fn fault_apiserver_restart_mid_pause_keeps_the_pause_and_the_writes() -> R
         (pause..=pause + PAUSE_SLACK).contains(&faulty.pause_seconds),
         "with the API server restarted, the {pause}s pause lasted {}s",
         faulty.pause_seconds
+    );
+    ensure!(
+        faulty.after_pause_seconds <= clean.after_pause_seconds + 30,
+        "after the restart the rest of prod took {}s, against {}s without: a cache stayed stale",
+        faulty.after_pause_seconds,
+        clean.after_pause_seconds
     );
     ensure!(
         faulty.status_writes <= clean.status_writes * 2.0 + 5.0,
