@@ -244,27 +244,40 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
         cluster.down()?;
     }
     cluster.up()?;
-    let mut e2e = cargo(&[
-        "test",
-        "-p",
-        "stagecoach-e2e",
-        "--tests",
-        "--",
-        "--ignored",
-        "--test-threads=4",
-    ]);
-    e2e.env("KUBECONFIG", cluster.kubeconfig())
-        .env(
-            "STAGECOACH_BIN",
-            workspace_root().join("target/debug/stagecoach"),
-        )
-        .env("HELM_BIN", bin_dir.join("helm"))
-        .env("STAGECOACH_E2E_PYTHON", &python);
+    let e2e = |args: &[&str]| {
+        let mut cmd = cargo(&["test", "-p", "stagecoach-e2e"]);
+        cmd.args(args)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env(
+                "STAGECOACH_BIN",
+                workspace_root().join("target/debug/stagecoach"),
+            )
+            .env("HELM_BIN", bin_dir.join("helm"))
+            .env("STAGECOACH_E2E_PYTHON", &python)
+            .env("STAGECOACH_CLUSTER_DIR", &cluster.dir);
+        cmd
+    };
+    // Concurrently, each test in its own namespaces; then, alone, the tests that stop
+    // the control plane's API server (their names start with `fault_apiserver`).
     let result = run_tests(
         "end-to-end tests against the real control plane",
-        e2e,
+        e2e(&[
+            "--tests",
+            "--",
+            "--ignored",
+            "--test-threads=4",
+            "--skip",
+            "fault_apiserver",
+        ]),
         &mut tally,
-    );
+    )
+    .and_then(|()| {
+        run_tests(
+            "end-to-end: the API server restarted mid-rollout (alone)",
+            e2e(&["--test", "apiserver_restart", "--", "--ignored"]),
+            &mut tally,
+        )
+    });
     if result.is_err() {
         cluster.print_logs_hint();
     }
