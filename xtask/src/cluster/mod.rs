@@ -359,7 +359,7 @@ impl Cluster {
     }
 
     /// Stops every process of this cluster (see [`Cluster::live_processes`]), and nothing
-    /// else: SIGTERM to all, up to 10 s to exit, then SIGKILL.
+    /// else: SIGTERM to all, up to 10 s to exit, then SIGKILL (and up to 5 s more).
     #[allow(clippy::unnecessary_wraps)] // a command: same shape as `up`
     pub fn down(&self) -> Result<()> {
         let mut processes = self.live_processes();
@@ -378,8 +378,15 @@ impl Cluster {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();
+                eprintln!("killed {name} (pid {pid}): still running 10 s after SIGTERM");
+            } else {
+                eprintln!("stopped {name} (pid {pid})");
             }
-            eprintln!("stopped {name} (pid {pid})");
+        }
+        // Gone when this returns, so that its ports and data directory are free again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while processes.iter().any(|(_, pid)| process_alive(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
         if processes.is_empty() {
             eprintln!("no running control plane in {}", self.dir.display());
