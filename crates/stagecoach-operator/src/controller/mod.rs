@@ -162,8 +162,8 @@ pub fn is_gone(error: &watcher::Error) -> bool {
     match error {
         watcher::Error::WatchStartFailed(kube::Error::Api(status))
         | watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
-        watcher::Error::WatchError(status) => status.code == 410,
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status.code == 410,
         _ => false,
     }
 }
