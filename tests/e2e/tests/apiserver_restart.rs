@@ -159,11 +159,7 @@ async fn roll_out(prefix: &str, restart: Option<&ApiServer>) -> Result<Measured>
         apiserver.start()?;
         let client = client().await?;
         eventually(Duration::from_secs(60), || async {
-            Ok(client
-                .apiserver_version()
-                .await
-                .ok()
-                .map(|_| ()))
+            Ok(client.apiserver_version().await.ok().map(|_| ()))
         })
         .await
         .context("kube-apiserver did not come back")?;

@@ -161,7 +161,11 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
                 .into_iter()
                 .flatten()
                 .any(|x| x == resource)
-                && r["verbs"].as_array().into_iter().flatten().any(|v| v == verb)
+                && r["verbs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v == verb)
         })
     };
     for verb in ["update", "create"] {

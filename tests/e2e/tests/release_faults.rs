@@ -244,7 +244,12 @@ async fn deleting_a_release_mid_rollout_rolls_back_and_cleans_up_even_if_the_ope
         Ok(f.releases.get_opt(name).await?.is_none().then_some(()))
     })
     .await
-    .with_context(|| format!("the Release was never let go; log:\n{}", f.operator().log_tail(30)))?;
+    .with_context(|| {
+        format!(
+            "the Release was never let go; log:\n{}",
+            f.operator().log_tail(30)
+        )
+    })?;
     f.wait_template("prod", f.before("prod")).await?;
     f.wait_no_canary("prod").await?;
     for stage in ["dev", "qa", "demo"] {
