@@ -132,7 +132,7 @@ where
 /// cache stayed stale all that time. A fresh watcher lists anew; the reflector swaps the
 /// whole cache in when that list is complete. Errors are rare (the API server went away,
 /// a watch expired), so the extra list is cheap.
-fn relisting_watcher<K>(
+pub fn relisting_watcher<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static

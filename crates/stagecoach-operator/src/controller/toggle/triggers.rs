@@ -32,6 +32,7 @@ use super::plan::{FLAG_SET_CONFIG_MAP, compact_for_cache};
 use super::stages::ReleaseFacts;
 use crate::admin::CacheSync;
 use crate::controller::workloads::MANAGED_BY;
+use crate::controller::{WatchBackoff, relisting_watcher};
 
 /// How often every flag-set ConfigMap is checked for an application with no toggle left
 /// (besides the check on every change): catches deletions that failed before.
@@ -153,8 +154,8 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let objects = watcher(api, watcher::Config::default())
-        .default_backoff()
+    let objects = relisting_watcher(api, watcher::Config::default())
+        .backoff(WatchBackoff::default())
         .modify(move |obj: &mut K| {
             obj.managed_fields_mut().clear();
             compact(obj);
@@ -320,11 +321,11 @@ pub fn watch_flag_sets(
     let config = watcher::Config::default()
         .labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
         .fields(&format!("metadata.name={FLAG_SET_CONFIG_MAP}"));
-    let events = watcher(
+    let events = relisting_watcher(
         Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
         config,
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .modify(|obj: &mut PartialObjectMeta<ConfigMap>| obj.managed_fields_mut().clear())
     .reflect(writer)
     .map(move |event| match &event {
