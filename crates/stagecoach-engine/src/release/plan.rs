@@ -74,6 +74,8 @@ pub mod reason {
     pub const DEPLOYMENT_DELETED: &str = "DeploymentDeleted";
     /// The Release object itself was deleted.
     pub const RELEASE_DELETED: &str = "ReleaseDeleted";
+    /// The promote annotation names nothing this release will end (see [`super::promote`]).
+    pub const PROMOTE_IGNORED: &str = "PromoteIgnored";
 }
 
 /// What the planner sees.
@@ -176,6 +178,8 @@ struct Planner<'a> {
     status: ReleaseStatus,
     plan: Plan,
     degraded: Option<(&'static str, String)>,
+    /// Why the promote annotation does nothing, for the Progressing condition.
+    promote_ignored: Option<String>,
 }
 
 fn is_terminal(phase: Option<ReleasePhase>) -> bool {
@@ -211,6 +215,7 @@ impl<'a> Planner<'a> {
                 step_seconds: None,
             },
             degraded: None,
+            promote_ignored: None,
         }
     }
 
@@ -277,7 +282,43 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        self.check_promote_annotation();
         self.set_conditions();
+    }
+
+    /// An annotation that names a step the release has passed, or one that is not a pause
+    /// without duration, is not silently ignored: the Progressing condition says so (reason
+    /// `PromoteIgnored`), and a Warning Event is recorded once, when it starts being ignored
+    /// (the condition in the input status tells whether that was already said).
+    fn check_promote_annotation(&mut self) {
+        let Some(value) = self.input.annotations.get(PROMOTE_ANNOTATION) else {
+            return;
+        };
+        if is_terminal(self.status.phase) {
+            return;
+        }
+        let Some(note) = super::promote::ignored(value, self.spec(), Some(&self.status)) else {
+            return;
+        };
+        let said = self
+            .input
+            .status
+            .and_then(|s| condition::find(&s.conditions, "Progressing"))
+            .is_some_and(|c| {
+                c.reason == reason::PROMOTE_IGNORED
+                    && c.message
+                        .contains(&format!("{PROMOTE_ANNOTATION}={value} is ignored"))
+            });
+        if !said {
+            let stage = self.status.current_stage.clone();
+            self.record(
+                stage.as_deref(),
+                reason::PROMOTE_IGNORED,
+                note.clone(),
+                true,
+            );
+        }
+        self.promote_ignored = Some(note);
     }
 
     fn finish(mut self) -> Plan {
@@ -1330,13 +1371,18 @@ impl<'a> Planner<'a> {
             }
             _ => (ConditionStatus::False, ready_reason),
         };
+        let (progressing_reason, progressing_message) = match &self.promote_ignored {
+            Some(note) if message.is_empty() => (reason::PROMOTE_IGNORED, note.clone()),
+            Some(note) => (reason::PROMOTE_IGNORED, format!("{message}. {note}")),
+            None => (progressing_reason, message),
+        };
         condition::upsert(
             &mut self.status.conditions,
             Condition::new(
                 "Progressing",
                 progressing,
                 progressing_reason,
-                message,
+                progressing_message,
                 generation,
                 now,
             ),

@@ -24,7 +24,7 @@ use super::observed::{
     DeploymentState, OtherRelease, PodHealth, RecordedRevision, StageObservation,
     WorkloadObservation,
 };
-use super::plan::{Action, Plan, PlanInput, plan_release, reason};
+use super::plan::{Action, Plan, PlanInput, PlannedEvent, plan_release, reason};
 use super::rollout::{runs_release_images, template_hash};
 
 const STAGES: [&str; 4] = ["dev", "qa", "demo", "prod"];
@@ -1101,4 +1101,269 @@ fn deleting_a_release_before_it_starts_touches_nothing() {
         condition_reason(&plan.status, "Ready"),
         reason::RELEASE_DELETED
     );
+}
+
+// ----- the promote annotation ------------------------------------------------------------------
+
+fn promote(value: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(super::plan::PROMOTE_ANNOTATION.to_owned(), value.to_owned())])
+}
+
+fn open_pause() -> Step {
+    Step {
+        set_weight: None,
+        pause: Some(Pause { duration: None }),
+    }
+}
+
+fn weight(w: i32) -> Step {
+    Step {
+        set_weight: Some(w),
+        pause: None,
+    }
+}
+
+/// Reconciles (one a second) with these annotations until `done` holds or `limit`
+/// reconciles have run; returns the status, the world, every planned Event and the time.
+fn reconcile(
+    spec: &ReleaseSpec,
+    mut world: World,
+    mut status: Option<ReleaseStatus>,
+    mut now: DateTime<Utc>,
+    annotations: &BTreeMap<String, String>,
+    limit: usize,
+    done: impl Fn(&ReleaseStatus) -> bool,
+) -> (ReleaseStatus, World, Vec<PlannedEvent>, DateTime<Utc>) {
+    let mut events = Vec::new();
+    for _ in 0..limit {
+        let plan = plan_once(spec, status.as_ref(), &world, now, &[], annotations);
+        world.apply(&plan.actions, plan.actions.len());
+        events.extend(plan.events);
+        status = Some(plan.status);
+        now += chrono::Duration::seconds(1);
+        if done(status.as_ref().unwrap()) {
+            break;
+        }
+    }
+    (status.unwrap(), world, events, now)
+}
+
+fn progressing(status: &ReleaseStatus) -> (String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Progressing")
+        .unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+fn ignored_events(events: &[PlannedEvent]) -> Vec<&PlannedEvent> {
+    events
+        .iter()
+        .filter(|e| e.reason == reason::PROMOTE_IGNORED)
+        .collect()
+}
+
+fn at_step(status: &ReleaseStatus, stage: &str) -> Option<i32> {
+    status.stages.iter().find(|s| s.name == stage)?.step
+}
+
+fn in_early_life(status: &ReleaseStatus) -> bool {
+    status.phase == Some(ReleasePhase::EarlyLifeSupport)
+}
+
+#[test]
+fn an_early_promote_ends_the_pause_as_soon_as_the_release_reaches_it() {
+    // The annotation is there before the release even starts (a GitOps commit), and
+    // names prod/1: the pause never holds, and nothing is reported.
+    let spec = spec(
+        "shop/api:2.0.0",
+        vec![weight(20), open_pause(), weight(100)],
+    );
+    let (status, _, events, _) = reconcile(
+        &spec,
+        World::new(),
+        None,
+        t0(),
+        &promote("prod/1"),
+        400,
+        in_early_life,
+    );
+    assert!(in_early_life(&status), "{:?}", status.message);
+    assert!(ignored_events(&events).is_empty(), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.message.contains("waiting for promotion")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_promote_pressed_while_the_stage_still_runs_its_first_step_counts_at_the_pause() {
+    // The issue's case with a fixed plugin: pressed at prod/0 (new pods not ready yet), the
+    // plugin writes the next pause, prod/1; the release passes it without another promote.
+    let spec = spec("shop/api:2.0.0", vec![weight(100), open_pause()]);
+    let (status, world, _, now) = reconcile(
+        &spec,
+        World::new(),
+        None,
+        t0(),
+        &BTreeMap::new(),
+        400,
+        |s| s.current_stage.as_deref() == Some("prod"),
+    );
+    assert_eq!(at_step(&status, "prod"), Some(0));
+    let (status, _, events, _) = reconcile(
+        &spec,
+        world,
+        Some(status),
+        now,
+        &promote("prod/1"),
+        400,
+        in_early_life,
+    );
+    assert!(in_early_life(&status), "{:?}", status.message);
+    assert!(ignored_events(&events).is_empty(), "{events:?}");
+}
+
+#[test]
+fn a_promote_naming_a_step_that_is_not_an_open_pause_is_reported_once_and_ends_nothing() {
+    // The issue's case as it was: the old plugin wrote prod/0 (the setWeight step).
+    let spec = spec("shop/api:2.0.0", vec![weight(100), open_pause()]);
+    let waiting =
+        |s: &ReleaseStatus| at_step(s, "prod") == Some(1) && s.phase == Some(ReleasePhase::Paused);
+    let annotations = promote("prod/0");
+    let (status, world, events, now) =
+        reconcile(&spec, World::new(), None, t0(), &annotations, 400, waiting);
+    assert!(waiting(&status), "{:?}", status.message);
+    // It stays at the pause: prod/0 ends nothing.
+    let (status, world, more, now) =
+        reconcile(&spec, world, Some(status), now, &annotations, 30, |_| false);
+    assert!(waiting(&status), "{:?}", status.message);
+    let events: Vec<PlannedEvent> = events.into_iter().chain(more).collect();
+    let ignored = ignored_events(&events);
+    assert_eq!(
+        ignored.len(),
+        1,
+        "one Event, not one per reconcile: {events:?}"
+    );
+    assert!(ignored[0].warning);
+    let (reason_now, message) = progressing(&status);
+    assert_eq!(reason_now, reason::PROMOTE_IGNORED);
+    assert!(
+        message.contains(
+            "annotation stagecoach.dev/promote=prod/0 is ignored: prod/0 is a setWeight 100 \
+             step, not a pause without duration"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "the release is at prod/1 (pause without duration, step 2 of 2): it waits for \
+             promotion (stagecoach.dev/promote=prod/1)"
+        ),
+        "{message}"
+    );
+    assert!(
+        status
+            .timeline
+            .iter()
+            .any(|t| t.reason == reason::PROMOTE_IGNORED),
+        "the timeline says it too"
+    );
+    // Computed, not accumulated: another reconcile yields the same status (no write).
+    let again = plan_once(&spec, Some(&status), &world, now, &[], &annotations);
+    assert_eq!(again.status, status);
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    // The right annotation ends the pause and the note goes.
+    let (status, _, events, _) = reconcile(
+        &spec,
+        world,
+        Some(status),
+        now,
+        &promote("prod/1"),
+        50,
+        in_early_life,
+    );
+    assert!(in_early_life(&status), "{:?}", status.message);
+    assert_ne!(progressing(&status).0, reason::PROMOTE_IGNORED);
+    assert!(ignored_events(&events).is_empty(), "{events:?}");
+}
+
+#[test]
+fn invalid_promote_annotations_are_reported_with_what_they_name() {
+    let spec = spec("shop/api:2.0.0", vec![weight(100), open_pause()]);
+    for (value, why) in [
+        (
+            "prod/7",
+            "stage prod has 2 steps (0 to 1), so there is no step 7",
+        ),
+        ("staging/1", "this release has no stage staging"),
+        ("prod-1", "it is not <stage>/<step index>"),
+    ] {
+        let (status, _, events, _) =
+            reconcile(&spec, World::new(), None, t0(), &promote(value), 5, |_| {
+                false
+            });
+        let ignored = ignored_events(&events);
+        assert_eq!(ignored.len(), 1, "{value}: {events:?}");
+        assert!(ignored[0].message.contains(why), "{}", ignored[0].message);
+        assert_eq!(progressing(&status).0, reason::PROMOTE_IGNORED, "{value}");
+    }
+}
+
+#[test]
+fn a_promote_of_a_passed_pause_is_reported_when_the_release_waits_at_the_next_one() {
+    let spec = spec(
+        "shop/api:2.0.0",
+        vec![
+            weight(20),
+            open_pause(),
+            weight(50),
+            open_pause(),
+            weight(100),
+        ],
+    );
+    let annotations = promote("prod/1");
+    let waiting_at_3 =
+        |s: &ReleaseStatus| at_step(s, "prod") == Some(3) && s.phase == Some(ReleasePhase::Paused);
+    let (status, world, events, now) = reconcile(
+        &spec,
+        World::new(),
+        None,
+        t0(),
+        &annotations,
+        400,
+        waiting_at_3,
+    );
+    assert!(waiting_at_3(&status), "{:?}", status.message);
+    // prod/1 was ended by the annotation (no report then); now it names a passed pause.
+    let ignored = ignored_events(&events);
+    assert_eq!(ignored.len(), 1, "{events:?}");
+    assert!(
+        ignored[0]
+            .message
+            .contains("the release has already passed prod/1"),
+        "{}",
+        ignored[0].message
+    );
+    assert!(
+        ignored[0]
+            .message
+            .contains("it waits for promotion (stagecoach.dev/promote=prod/3)"),
+        "{}",
+        ignored[0].message
+    );
+    let (status, _, events, _) = reconcile(
+        &spec,
+        world,
+        Some(status),
+        now,
+        &promote("prod/3"),
+        50,
+        in_early_life,
+    );
+    assert!(in_early_life(&status), "{:?}", status.message);
+    assert!(ignored_events(&events).is_empty(), "{events:?}");
 }
