@@ -71,6 +71,49 @@ fn run_tests(step: &str, mut cmd: Command, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// Crates the pure crates must never link: kube's client and runtime, and an async
+/// runtime. Their decisions are pure functions; IO belongs to the operator.
+const IMPURE: [&str; 4] = ["kube-client", "kube-runtime", "tokio", "hyper"];
+
+/// Fails when `stagecoach-api` or `stagecoach-engine` depends (normal dependencies, as
+/// built on their own) on anything in [`IMPURE`].
+fn pure_crates_stay_pure() -> Result<()> {
+    eprintln!("\n==> the pure crates link no kube client, kube-runtime or tokio");
+    for krate in ["stagecoach-api", "stagecoach-engine"] {
+        let out = cargo(&["tree", "-p", krate, "-e", "normal", "--prefix", "none"])
+            .output()
+            .context("running cargo tree")?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let found = impure_dependencies(&tree);
+        if !found.is_empty() {
+            bail!(
+                "{krate} must stay pure but depends on {} (check the kube features in its Cargo.toml: `derive` only)",
+                found.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The [`IMPURE`] crates named in `cargo tree --prefix none` output.
+fn impure_dependencies(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| IMPURE.contains(name))
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// The OpenFeature SDK the toggle tests evaluate through (a real client, from PyPI).
 const PYTHON_SDK: [&str; 2] = [
     "openfeature-sdk==0.10.0",
@@ -207,6 +250,7 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
             "warnings",
         ]),
     )?;
+    pure_crates_stay_pure()?;
     eprintln!("\n==> cargo xtask gen --check");
     crdgen::run(true)?;
     let mut tally = Tally::default();
@@ -235,6 +279,24 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
         cargo(&["test", "-p", "stagecoach-e2e", "--no-run"]),
     )?;
 
+    let result = end_to_end(&mut tally);
+    eprintln!(
+        "\n{} in {:.0}s",
+        if result.is_ok() {
+            "all checks passed"
+        } else {
+            "FAILED"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    // One plain closing line for whoever reads the log's end.
+    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+    result
+}
+
+/// The end-to-end tests on a fresh control plane (named `test`), stopped afterwards
+/// whatever the outcome.
+fn end_to_end(tally: &mut Tally) -> Result<()> {
     let python = python_sdk()?;
 
     eprintln!("\n==> control plane up");
@@ -269,13 +331,13 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
             "--skip",
             "fault_apiserver",
         ]),
-        &mut tally,
+        tally,
     )
     .and_then(|()| {
         run_tests(
             "end-to-end: the API server restarted mid-rollout (alone)",
             e2e(&["--test", "apiserver_restart", "--", "--ignored"]),
-            &mut tally,
+            tally,
         )
     });
     if result.is_err() {
@@ -283,19 +345,7 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
     }
     eprintln!("\n==> control plane down");
     cluster.down()?;
-    eprintln!(
-        "\n{} in {:.0}s",
-        if result.is_ok() {
-            "all checks passed"
-        } else {
-            "FAILED"
-        },
-        started.elapsed().as_secs_f64()
-    );
-    // One plain closing line for whoever reads the log's end.
-    println!("summary: {} passed, {} failed", tally.passed, tally.failed);
-    result?;
-    Ok(())
+    result
 }
 
 /// `cargo xtask bench`: the benchmarks (rollback latency, step overhead, OFREP
@@ -332,4 +382,16 @@ pub fn run_benchmarks() -> Result<()> {
     let result = run("benchmarks", bench);
     cluster.down()?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impure_crates_are_found_by_name_only() {
+        let tree = "stagecoach-engine v0.1.0\nkube v5.0.0\nkube-core v5.0.0\nkube-client v5.0.0\ntokio v1.48.0\ntokio v1.48.0\ntokio-util v0.7.0\n";
+        assert_eq!(impure_dependencies(tree), ["kube-client", "tokio"]);
+        assert!(impure_dependencies("kube v5.0.0\nkube-derive v5.0.0 (proc-macro)\n").is_empty());
+    }
 }
