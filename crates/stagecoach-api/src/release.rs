@@ -503,6 +503,22 @@ pub enum ReleasePhase {
 }
 
 impl ReleasePhase {
+    /// The phase's name as written in status, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Progressing => "Progressing",
+            Self::Paused => "Paused",
+            Self::AwaitingApproval => "AwaitingApproval",
+            Self::WaitingForWindow => "WaitingForWindow",
+            Self::EarlyLifeSupport => "EarlyLifeSupport",
+            Self::Succeeded => "Succeeded",
+            Self::RolledBack => "RolledBack",
+            Self::Failed => "Failed",
+            Self::Superseded => "Superseded",
+        }
+    }
+
     /// The release has ended: it will change no workload again except to keep a
     /// rolled-back stage on its recorded revision.
     pub fn is_terminal(self) -> bool {
@@ -523,6 +539,21 @@ pub enum StagePhase {
     RolledBack,
     Failed,
     Skipped,
+}
+
+impl StagePhase {
+    /// The phase's name as written in status, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Progressing => "Progressing",
+            Self::EarlyLifeSupport => "EarlyLifeSupport",
+            Self::Succeeded => "Succeeded",
+            Self::RolledBack => "RolledBack",
+            Self::Failed => "Failed",
+            Self::Skipped => "Skipped",
+        }
+    }
 }
 
 /// Progress of the release in one stage.
@@ -658,6 +689,47 @@ impl ReleaseSpec {
                     steps: default_steps(),
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod phase_name_tests {
+    use super::{ReleasePhase, StagePhase};
+
+    /// Metric labels and status must say the same.
+    #[test]
+    fn phase_names_are_their_serialized_form() {
+        for phase in [
+            ReleasePhase::Pending,
+            ReleasePhase::Progressing,
+            ReleasePhase::Paused,
+            ReleasePhase::AwaitingApproval,
+            ReleasePhase::WaitingForWindow,
+            ReleasePhase::EarlyLifeSupport,
+            ReleasePhase::Succeeded,
+            ReleasePhase::RolledBack,
+            ReleasePhase::Failed,
+            ReleasePhase::Superseded,
+        ] {
+            assert_eq!(
+                serde_json::to_value(phase).ok(),
+                Some(phase.as_str().into())
+            );
+        }
+        for phase in [
+            StagePhase::Pending,
+            StagePhase::Progressing,
+            StagePhase::EarlyLifeSupport,
+            StagePhase::Succeeded,
+            StagePhase::RolledBack,
+            StagePhase::Failed,
+            StagePhase::Skipped,
+        ] {
+            assert_eq!(
+                serde_json::to_value(phase).ok(),
+                Some(phase.as_str().into())
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Pure decision logic of Stagecoach: admission checks the schema cannot express, the
-//! status planners, and (later) release planning and toggle evaluation. No IO: every
-//! function takes what it needs, including the time, and returns a value.
+//! Pure decision logic of Stagecoach: admission checks the schema cannot express
+//! (`admission`), the `Accepted` condition (`acceptance`), the release planner
+//! (`release`), toggle evaluation and flagd rendering (`toggle`). No IO: every function
+//! takes what it needs, including the time, and returns a value.
 
 pub mod acceptance;
 pub mod admission;

@@ -297,7 +297,7 @@ fn record_metrics(ctx: &ReleaseContext, plan: &Plan) {
     for (_, phase) in &plan.stage_transitions {
         metrics
             .stage_transitions
-            .with_label_values(&[&format!("{phase:?}")])
+            .with_label_values(&[phase.as_str()])
             .inc();
     }
     if let Some(seconds) = plan.step_seconds {
@@ -311,18 +311,18 @@ fn record_metrics(ctx: &ReleaseContext, plan: &Plan) {
 
 fn update_phase_gauge(ctx: &ReleaseContext) {
     let gauge = &ctx.base.metrics.releases().by_phase;
-    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
     for release in ctx.releases.state() {
         let phase = release
             .status
             .as_ref()
             .and_then(|s| s.phase)
-            .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}"));
+            .map_or("Pending", ReleasePhase::as_str);
         *counts.entry(phase).or_default() += 1;
     }
     gauge.reset();
     for (phase, count) in counts {
-        gauge.with_label_values(&[&phase]).set(count);
+        gauge.with_label_values(&[phase]).set(count);
     }
 }
 
