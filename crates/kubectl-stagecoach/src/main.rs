@@ -2,13 +2,16 @@
 //!
 //! Installed as `kubectl-stagecoach` on the PATH, kubectl finds it as a plugin.
 
-use anyhow::{Context, Result};
+mod decide;
+mod render;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use stagecoach_api::Release;
-use stagecoach_api::release::StagePhase;
 
 #[derive(Parser)]
 #[command(
@@ -42,57 +45,22 @@ enum Command {
     /// already succeeded keep the new version. Cannot be undone.
     Abort { release: String },
     /// End a pause step that has no duration (annotation stagecoach.dev/promote).
-    Promote { release: String },
+    ///
+    /// Without --step: the next pause without duration at or after the current step of
+    /// the stage in progress; if the release has not reached it yet, it ends that pause as
+    /// soon as the release gets there. Refused when the stage has no such pause left.
+    Promote {
+        release: String,
+        /// The step to end, by its 0-based index in the stage's steps (as in
+        /// status.stages[].step).
+        #[arg(long)]
+        step: Option<usize>,
+        /// The stage of --step (default: the stage in progress).
+        #[arg(long, requires = "step")]
+        stage: Option<String>,
+    },
     /// What happened to a release: its timeline, rollbacks and closing record.
     History { release: String },
-}
-
-async fn status(client: Client, namespace: Option<&str>, name: Option<&str>) -> Result<()> {
-    let api = api(client, namespace);
-    let releases = match name {
-        Some(name) => vec![
-            api.get(name)
-                .await
-                .with_context(|| format!("release {name}"))?,
-        ],
-        None => api.list(&ListParams::default()).await?.items,
-    };
-    if releases.is_empty() {
-        println!("No releases found.");
-        return Ok(());
-    }
-    println!(
-        "{:<28} {:<12} {:<10} {:<18} STAGES",
-        "RELEASE", "APPLICATION", "VERSION", "PHASE"
-    );
-    for release in releases {
-        let status = release.status.clone().unwrap_or_default();
-        let phase = status
-            .phase
-            .map_or_else(|| "-".to_owned(), |p| format!("{p:?}"));
-        let stages = status
-            .stages
-            .iter()
-            .map(|s| {
-                let weight = s.weight.map(|w| format!(" {w}%")).unwrap_or_default();
-                format!("{}:{:?}{weight}", s.name, s.phase)
-            })
-            .collect::<Vec<_>>()
-            .join("  ");
-        println!(
-            "{:<28} {:<12} {:<10} {:<18} {}",
-            release.name_any(),
-            release.spec.application,
-            release.spec.version,
-            phase,
-            if stages.is_empty() {
-                "-".into()
-            } else {
-                stages
-            }
-        );
-    }
-    Ok(())
 }
 
 fn api(client: Client, namespace: Option<&str>) -> Api<Release> {
@@ -102,121 +70,106 @@ fn api(client: Client, namespace: Option<&str>) -> Api<Release> {
     }
 }
 
-/// Merge-patches the Release as the person running the plugin: the API server records
-/// their identity, and RBAC decides whether they may.
-async fn patch(
+fn namespace_of(client: &Client, namespace: Option<&str>) -> String {
+    namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned)
+}
+
+/// The Release, or why it cannot be read (not found is said plainly).
+async fn get(client: &Client, namespace: Option<&str>, name: &str) -> Result<Release> {
+    match api(client.clone(), namespace).get_opt(name).await {
+        Ok(Some(release)) => Ok(release),
+        Ok(None) => bail!(
+            "release {name} not found in namespace {}",
+            namespace_of(client, namespace)
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read release {name}")),
+    }
+}
+
+async fn status(client: Client, namespace: Option<&str>, name: Option<&str>) -> Result<()> {
+    if let Some(name) = name {
+        print!(
+            "{}",
+            render::status_detail(&get(&client, namespace, name).await?)
+        );
+        return Ok(());
+    }
+    let mut releases = api(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .context("cannot list releases")?
+        .items;
+    if releases.is_empty() {
+        eprintln!(
+            "No releases found in namespace {}.",
+            namespace_of(&client, namespace)
+        );
+        return Ok(());
+    }
+    releases.sort_by_key(ResourceExt::name_any);
+    print!("{}", render::status_table(&releases));
+    Ok(())
+}
+
+/// Reads the Release, decides, and merge-patches it as the person running the plugin:
+/// the API server records their identity, and RBAC decides whether they may.
+async fn change(
     client: Client,
     namespace: Option<&str>,
     name: &str,
-    body: serde_json::Value,
-    what: &str,
+    decide: impl FnOnce(&Release) -> Result<decide::Request, String>,
 ) -> Result<()> {
-    api(client, namespace)
-        .patch(
-            name,
-            &PatchParams::apply("kubectl-stagecoach"),
-            &Patch::Merge(&body),
-        )
-        .await
-        .with_context(|| format!("cannot {what} release {name}"))?;
-    println!("release {name}: {what} requested");
+    let release = get(&client, namespace, name).await?;
+    let request = decide(&release).map_err(anyhow::Error::msg)?;
+    if let Some(body) = &request.patch {
+        api(client, namespace)
+            .patch(
+                name,
+                &PatchParams::apply("kubectl-stagecoach"),
+                &Patch::Merge(body),
+            )
+            .await
+            .with_context(|| format!("cannot change release {name}"))?;
+    }
+    println!("{}", request.message);
     Ok(())
 }
 
-async fn promote(client: Client, namespace: Option<&str>, name: &str) -> Result<()> {
-    let release = api(client.clone(), namespace)
-        .get(name)
-        .await
-        .with_context(|| format!("release {name}"))?;
-    let status = release.status.unwrap_or_default();
-    let stage = status
-        .stages
-        .iter()
-        .find(|s| s.phase == StagePhase::Progressing)
-        .context("the release has no stage in progress")?;
-    let key = format!("{}/{}", stage.name, stage.step.unwrap_or(0));
-    let body = serde_json::json!({"metadata": {"annotations": {"stagecoach.dev/promote": key}}});
-    patch(client, namespace, name, body, &format!("promote {key}")).await
-}
-
-async fn history(client: Client, namespace: Option<&str>, name: &str) -> Result<()> {
-    let release = api(client, namespace)
-        .get(name)
-        .await
-        .with_context(|| format!("release {name}"))?;
-    let status = release.status.unwrap_or_default();
-    println!("{:<22} {:<8} {:<22} MESSAGE", "AT", "STAGE", "REASON");
-    for entry in &status.timeline {
-        println!(
-            "{:<22} {:<8} {:<22} {}",
-            entry.at.format("%Y-%m-%d %H:%M:%S"),
-            entry.stage.as_deref().unwrap_or("-"),
-            entry.reason,
-            entry.message
-        );
-    }
-    for rollback in &status.rollbacks {
-        println!(
-            "rollback: {} in {} ({}): {}",
-            rollback.at.format("%Y-%m-%d %H:%M:%S"),
-            rollback.stage,
-            rollback.reason,
-            rollback.message
-        );
-    }
-    if let Some(record) = status.closing_record {
-        println!(
-            "closed {:?} at {}; lead time {}",
-            record.outcome,
-            record.completed_at.format("%Y-%m-%d %H:%M:%S"),
-            record
-                .lead_time_seconds
-                .map_or_else(|| "-".to_owned(), |s| format!("{s}s"))
-        );
-    }
-    Ok(())
-}
-
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> Result<()> {
     let client = Client::try_default()
         .await
-        .context("connecting to the cluster in your kubeconfig")?;
+        .context("cannot connect to the cluster in your kubeconfig")?;
     let ns = cli.namespace.as_deref();
     match cli.command {
         Command::Status { release } => status(client, ns, release.as_deref()).await,
-        Command::Pause { release } => {
-            patch(
-                client,
-                ns,
-                &release,
-                json!({"spec": {"paused": true}}),
-                "pause",
-            )
+        Command::Pause { release } => change(client, ns, &release, decide::pause).await,
+        Command::Resume { release } => change(client, ns, &release, decide::resume).await,
+        Command::Abort { release } => change(client, ns, &release, decide::abort).await,
+        Command::Promote {
+            release,
+            step,
+            stage,
+        } => {
+            change(client, ns, &release, |r| {
+                decide::promote(r, stage.as_deref(), step)
+            })
             .await
         }
-        Command::Resume { release } => {
-            patch(
-                client,
-                ns,
-                &release,
-                json!({"spec": {"paused": false}}),
-                "resume",
-            )
-            .await
+        Command::History { release } => {
+            print!("{}", render::history(&get(&client, ns, &release).await?));
+            Ok(())
         }
-        Command::Abort { release } => {
-            patch(
-                client,
-                ns,
-                &release,
-                json!({"spec": {"abort": true}}),
-                "abort",
-            )
-            .await
+    }
+}
+
+/// Anything that cannot be done is said on stderr, with exit status 1.
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
-        Command::Promote { release } => promote(client, ns, &release).await,
-        Command::History { release } => history(client, ns, &release).await,
     }
 }
