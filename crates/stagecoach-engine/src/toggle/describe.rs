@@ -5,7 +5,7 @@ use stagecoach_api::FeatureToggleSpec;
 use stagecoach_api::toggle::ClientId;
 
 use super::ActiveCouplings;
-use super::plan::{ActiveRule, RuleAction, StagePlan, plan_stage};
+use super::stage_rules::{ActiveRule, RuleAction, StagePlan, plan_stage};
 
 /// How many clients of a list a description names before it counts the rest.
 const CLIENTS_SHOWN: usize = 10;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use stagecoach_api::FeatureToggleSpec;
 
-use super::plan::{RuleAction, StagePlan, plan_stage};
+use super::stage_rules::{RuleAction, StagePlan, plan_stage};
 use super::{ActiveCouplings, TARGETING_KEY, ToggleError, pick_variant, validate_toggle};
 
 /// The OpenFeature evaluation context of a request: the targeting key and the other

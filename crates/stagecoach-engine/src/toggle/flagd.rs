@@ -46,7 +46,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use stagecoach_api::FeatureToggleSpec;
 
-use super::plan::{ActiveRule, RuleAction, StagePlan, plan_stage};
+use super::stage_rules::{ActiveRule, RuleAction, StagePlan, plan_stage};
 use super::{ActiveCouplings, TARGETING_KEY, ToggleError, validate_toggle};
 
 /// The `$schema` of every rendered flag set: flagd's published flag-definition schema.

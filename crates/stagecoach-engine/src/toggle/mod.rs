@@ -7,26 +7,38 @@
 //! - [`flagd`]: all toggles of an application for one stage -> one flagd flag-set document
 //!   and its content version.
 //! - [`describe`]: the rules in effect in a stage, as short sentences for status.
+//! - [`reached`]: what Releases say to toggles: an application's stages and their
+//!   namespaces, and which stages a release has reached (so which couplings are active).
+//! - [`application`]: all toggles of an application together -> the flag set of each
+//!   stage, what OFREP serves, each toggle's problems, Ready condition and couplings in
+//!   effect, and the coupling changes to announce.
 //!
-//! All three read a stage through one private planner (`plan`), so evaluation, rendering
-//! and status cannot disagree about which rules are active. A spec is checked by
-//! [`validate_toggle`] before it is evaluated or rendered.
+//! Evaluation, rendering, descriptions and couplings read a stage through one private
+//! reading of the spec (`stage_rules`), so they cannot disagree about which rules are
+//! active. A spec is checked by [`validate_toggle`] before it is evaluated or rendered.
 //!
 //! Pure: no IO, no clock, no client.
 
+pub mod application;
 mod couplings;
 pub mod describe;
 pub mod evaluate;
 pub mod flagd;
 pub mod hash;
-mod plan;
+pub mod reached;
+mod stage_rules;
 mod validate;
 
+pub use application::{
+    AppFlags, ApplicationInput, ApplicationPlan, Coupling, CouplingChange, Problem, StageFlagSet,
+    ToggleCouplings, coupling_changes, desired_status, plan_application,
+};
 pub use couplings::ActiveCouplings;
 pub use describe::describe_active_rules;
 pub use evaluate::{ErrorCode, Evaluation, EvaluationContext, EvaluationError, Reason, evaluate};
 pub use flagd::{FlagSetError, RenderedFlagSet, canonical_json, flag_set_version, render_flag_set};
 pub use hash::{bucket, bucketing_hash, murmur3_x86_32, pick_variant};
+pub use reached::{ReleaseFacts, StageTarget, reached_stages};
 pub use validate::{ToggleError, ValueType, validate_toggle};
 
 /// Context attribute that identifies a client when `spec.bucketBy` is not set.

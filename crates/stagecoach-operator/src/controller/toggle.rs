@@ -2,12 +2,15 @@
 //! flagd flag set per stage namespace (ConfigMap `stagecoach-flags`) and over OFREP (the
 //! in-memory [`FlagIndex`]), and reports in each toggle's status what is served where.
 //!
-//! Reconcile of one toggle: observe (caches: the application's toggles, the namespace's
-//! Releases, the flag-set ConfigMaps) -> plan ([`plan::plan_application`], once per change
-//! of the application's inputs, shared by all its toggles; then the toggle's status) ->
-//! apply (ConfigMaps that differ, the OFREP index, the status if it changed, Events for
-//! coupling changes). See [`triggers`] for what re-reconciles a toggle besides its own
-//! changes, and [`flagsets`] for how ConfigMaps are owned and cleaned up.
+//! Every decision is in [`stagecoach_engine::toggle::application`]; this module caches,
+//! schedules and applies. Reconcile of one toggle: observe (caches: the application's
+//! toggles, the namespace's Releases, the flag-set ConfigMaps) -> plan
+//! ([`plan_application`], once per change of the application's inputs, shared by all its
+//! toggles; then the toggle's status and couplings) -> apply (ConfigMaps that differ, the
+//! OFREP index, the status if it changed, Events for coupling changes, decided by
+//! [`coupling_changes`] from the couplings remembered for the toggle and the new ones).
+//! See [`triggers`] for what re-reconciles a toggle besides its own changes, and
+//! [`flagsets`] for how ConfigMaps are owned and cleaned up.
 //!
 //! Scale: every toggle of an application shares one plan, so a change to one toggle (or
 //! to a coupled Release) re-reconciles all of them. To keep that cheap, a reconcile that
@@ -15,12 +18,11 @@
 //! keyed by an [`Epoch`] the watches advance); a burst of changes is planned once after
 //! it settles (300 ms quiet, at most 2 s late); one application is planned at a time; the
 //! cache keeps a digest of each toggle's status rather than all of it
-//! ([`plan::compact_for_cache`]); and OFREP reads specs from the cache instead of copying
+//! ([`cache::compact_for_cache`]); and OFREP reads specs from the cache instead of copying
 //! them.
 
+mod cache;
 mod flagsets;
-mod plan;
-mod stages;
 mod triggers;
 
 use std::sync::Arc;
@@ -33,16 +35,17 @@ use kube::{Resource, ResourceExt};
 use stagecoach_api::condition::{self, ConditionStatus};
 use stagecoach_api::{FeatureToggle, Release};
 use stagecoach_engine::acceptance::is_transition;
-use stagecoach_engine::toggle::canonical_json;
+use stagecoach_engine::toggle::application::READY;
+use stagecoach_engine::toggle::{
+    ApplicationInput, ApplicationPlan, ToggleCouplings, canonical_json, coupling_changes,
+    desired_status, plan_application,
+};
 use tracing::{debug, info, instrument, warn};
 
+use self::cache::status_unchanged;
 pub use self::flagsets::FlagSetCache;
 use self::flagsets::{
     AppKey, AppState, Applications, Epoch, Planning, WRITE_GRACE, sync_flag_sets,
-};
-use self::plan::{
-    ApplicationInput, ApplicationPlan, READY, coupling_changes, desired_status, plan_application,
-    status_unchanged,
 };
 pub use self::triggers::Epochs;
 pub use self::triggers::{changes, fan_out, watch_flag_sets, watch_releases, watch_toggles};
@@ -186,9 +189,10 @@ async fn reconcile_toggle(
     let flag_set_problems = state.problems.clone();
     drop(state);
 
-    // Plan (no client required): this toggle's status.
+    // Plan (no client required): this toggle's status and the couplings it shows.
     let current = toggle.status.as_ref();
     let desired = desired_status(toggle, &plan, &flag_set_problems, status_now());
+    let couplings = plan.toggle_couplings(toggle);
     let requeue = if waiting {
         WRITE_GRACE + Duration::from_millis(100)
     } else {
@@ -201,6 +205,8 @@ async fn reconcile_toggle(
     };
     if status_unchanged(toggle, &desired) {
         debug!("status up to date");
+        // The first reconcile after a start: what the status shows is the baseline.
+        remember_couplings(ctx, &app, toggle, couplings).await;
         return finish(Action::requeue(requeue));
     }
 
@@ -219,7 +225,8 @@ async fn reconcile_toggle(
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     announce_acceptance(&ctx.base, &reference, before, &desired.conditions).await?;
     announce_readiness(ctx, &reference, current, &desired).await;
-    for change in coupling_changes(&toggle.spec, current, &desired) {
+    let before = remember_couplings(ctx, &app, toggle, couplings.clone()).await;
+    for change in coupling_changes(&toggle.spec, before.as_ref(), &couplings) {
         info!(release = %change.release, reached = %change.reached, stage = %change.stage,
             active = change.active, "coupling changed");
         ctx.base
@@ -242,6 +249,32 @@ async fn reconcile_toggle(
         .await;
     }
     finish(Action::requeue(requeue))
+}
+
+/// Records `couplings` as what `toggle`'s status shows now, and returns what it showed
+/// before (None when this process has not seen the toggle's status yet). Toggles without
+/// a coupled rule are not kept: they never have a coupling change.
+async fn remember_couplings(
+    ctx: &ToggleContext,
+    app: &AppKey,
+    toggle: &FeatureToggle,
+    couplings: ToggleCouplings,
+) -> Option<ToggleCouplings> {
+    let name = toggle.name_any();
+    let state = ctx.applications.state(app);
+    let mut state = state.lock().await;
+    if !has_coupled_rule(toggle) {
+        return state.couplings.remove(&name);
+    }
+    state.couplings.insert(name, couplings)
+}
+
+fn has_coupled_rule(toggle: &FeatureToggle) -> bool {
+    toggle
+        .spec
+        .stages
+        .values()
+        .any(|stage| stage.rules.iter().any(|rule| rule.when.is_some()))
 }
 
 /// The application's plan at `epoch`, with the flag sets' JSON when it is new; or how
@@ -276,6 +309,12 @@ async fn current_plan(
     }
     let (plan, documents) = plan_application(&input);
     debug!(application = %app, stages = plan.stages.len(), "application planned");
+    // Toggles gone from the application are forgotten.
+    if !state.couplings.is_empty() {
+        let names: std::collections::HashSet<String> =
+            toggles.iter().map(|t| t.name_any()).collect();
+        state.couplings.retain(|name, _| names.contains(name));
+    }
     let plan = Arc::new(plan);
     ctx.index
         .publish(&app.namespace, &app.application, plan.index.clone());

@@ -9,12 +9,12 @@
 //! (within a couple of seconds, see `controller::toggle`), the new spec is evaluated with
 //! the application's planned couplings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::runtime::reflector::{ObjectRef, Store};
 use stagecoach_api::FeatureToggle;
-use stagecoach_engine::toggle::ActiveCouplings;
+pub use stagecoach_engine::toggle::AppFlags;
 
 /// Applications by namespace, then name, and the toggle cache. Cheap to clone; clones
 /// share the index.
@@ -30,21 +30,6 @@ pub struct FlagIndex {
 
 /// Namespace -> application name -> flags.
 type ByNamespace = HashMap<String, HashMap<String, Arc<AppFlags>>>;
-
-/// What one application serves. Whether a toggle is served does not depend on the stage
-/// (only what it serves does), so the flags are shared by all stages.
-#[derive(Debug, Default)]
-pub struct AppFlags {
-    /// Flag-set version (`sha256:...`, as in the stage's ConfigMap) by stage name.
-    pub stages: HashMap<String, String>,
-    /// The release couplings active for the application's toggles.
-    pub couplings: ActiveCouplings,
-    /// Served flags by key, with the name of the FeatureToggle serving each.
-    pub flags: BTreeMap<String, String>,
-    /// Keys of toggles that are not served (invalid spec or key), with the reason: a
-    /// request for one gets FLAG_NOT_FOUND with this explanation.
-    pub not_served: BTreeMap<String, String>,
-}
 
 impl FlagIndex {
     /// An empty index reading specs from `toggles`.

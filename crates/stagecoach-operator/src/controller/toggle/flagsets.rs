@@ -24,10 +24,12 @@ use serde_json::json;
 use stagecoach_api::FIELD_MANAGER;
 use tracing::{info, warn};
 
-use super::plan::{ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem, reason};
 use crate::controller::workloads::MANAGED_BY;
 use crate::error::ReconcileError;
 use crate::metrics::ToggleMetrics;
+use stagecoach_engine::toggle::application::{
+    ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem, ToggleCouplings, reason,
+};
 
 /// Label: the application whose flags a ConfigMap holds.
 pub const APPLICATION_LABEL: &str = "stagecoach.dev/application";
@@ -81,13 +83,19 @@ impl std::fmt::Display for AppKey {
 }
 
 /// What the controller remembers about one application between reconciles: the plan
-/// (recomputed only when its inputs change) and the ConfigMap writes not yet seen in the
-/// cache. Lost on restart, which only costs one planning per application.
+/// (recomputed only when its inputs change), the ConfigMap writes not yet seen in the
+/// cache, and the couplings each toggle's status shows. Lost on restart, which costs one
+/// planning per application and the coupling Events of transitions while no operator ran
+/// (the statuses are still recomputed and written).
 #[derive(Debug, Default)]
 pub struct AppState {
     pub plan: Option<Arc<ApplicationPlan>>,
     /// Problems found while writing the ConfigMaps (conflicts, size), for every toggle.
     pub problems: Vec<Problem>,
+    /// Toggle name -> the couplings in effect as of its status (written, or found up to
+    /// date), what the next coupling Events are decided against. Only toggles with a
+    /// coupled rule are kept.
+    pub couplings: HashMap<String, ToggleCouplings>,
     /// Stage namespace -> (version written, when).
     written: HashMap<String, (String, Instant)>,
     /// The [`Epoch`] the plan was made at.

@@ -28,8 +28,10 @@ use tracing::{debug, warn};
 
 use super::ToggleContext;
 use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
-use super::plan::{FLAG_SET_CONFIG_MAP, compact_for_cache};
-use super::stages::ReleaseFacts;
+use stagecoach_engine::toggle::ReleaseFacts;
+use stagecoach_engine::toggle::application::FLAG_SET_CONFIG_MAP;
+
+use super::cache::compact_for_cache;
 use crate::admin::CacheSync;
 use crate::controller::workloads::MANAGED_BY;
 use crate::controller::{WatchBackoff, relisting_watcher};

@@ -1,13 +1,15 @@
-//! What the toggle controller reads from Releases: the stages (and stage namespaces) of an
-//! application, and which `when: {release, reached}` couplings are active.
+//! What toggles read from Releases: the stages (and stage namespaces) of an application,
+//! what "a release reached a stage" means, and so which `when: {release, reached}`
+//! couplings are active.
 //!
 //! Pure: Releases in, plain data out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::ActiveCouplings;
+use crate::acceptance::ACCEPTED;
 use stagecoach_api::Release;
 use stagecoach_api::release::StagePhase;
-use stagecoach_engine::toggle::ActiveCouplings;
 
 /// One stage of an application and the namespace its workloads (and its flag set) live in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -51,10 +53,10 @@ pub fn application_stages<'a>(
 /// True when the operator refused the Release's spec (`Accepted=False`).
 pub fn refused(release: &Release) -> bool {
     release.status.as_ref().is_some_and(|status| {
-        status.conditions.iter().any(|c| {
-            c.r#type == stagecoach_engine::acceptance::ACCEPTED
-                && c.status == stagecoach_api::ConditionStatus::False
-        })
+        status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == ACCEPTED && c.status == stagecoach_api::ConditionStatus::False)
     })
 }
 
@@ -159,7 +161,6 @@ impl ReleaseFacts {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
     use stagecoach_api::ReleaseStatus;
     use stagecoach_api::release::{ReleasePhase, StageStatus};
@@ -180,9 +181,14 @@ pub(crate) mod tests {
                 .collect();
         }
         let mut release = Release::new(name, serde_json::from_value(spec).unwrap());
-        release.metadata.namespace = Some("team".into());
-        let created = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 - age).unwrap();
-        release.metadata.creation_timestamp = Some(Time(created));
+        release.metadata = serde_json::from_value(json!({
+            "name": name,
+            "namespace": "team",
+            "creationTimestamp": chrono::DateTime::from_timestamp(1_800_000_000 - age, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }))
+        .unwrap();
         release
     }
 
@@ -248,7 +254,7 @@ pub(crate) mod tests {
         let mut refused = release("a-3", "a", 1, &[("dev", "shared"), ("qa", "shared")]);
         refused.status = Some(ReleaseStatus {
             conditions: vec![stagecoach_api::condition::Condition::new(
-                stagecoach_engine::acceptance::ACCEPTED,
+                ACCEPTED,
                 stagecoach_api::ConditionStatus::False,
                 "DuplicateNamespace",
                 "stages share a namespace",

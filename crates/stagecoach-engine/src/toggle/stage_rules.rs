@@ -94,3 +94,16 @@ fn split_weights(split: &SortedMap<i32>) -> Vec<(&str, u32)> {
         .map(|(variant, &weight)| (variant.as_str(), u32::try_from(weight).unwrap_or(0)))
         .collect()
 }
+
+/// The `when` of each coupled rule in effect in `stage` (the rules `describe` lists as
+/// `when ... reached ...`): none when the stage is not configured or disabled.
+pub(crate) fn active_rule_couplings<'a>(
+    spec: &'a FeatureToggleSpec,
+    stage: &str,
+    couplings: &ActiveCouplings,
+) -> Vec<&'a ReleaseCoupling> {
+    match plan_stage(spec, stage, couplings) {
+        StagePlan::Enabled { rules, .. } => rules.into_iter().filter_map(|r| r.when).collect(),
+        StagePlan::NotConfigured { .. } | StagePlan::Disabled { .. } => Vec::new(),
+    }
+}

@@ -1,10 +1,12 @@
-//! The toggle controller's plan, without IO: from an application's FeatureToggles and the
-//! Releases of their namespace to the flag set of each stage, what OFREP serves, and the
-//! status of each toggle.
+//! One application's toggles, decided together: from its FeatureToggles and the Releases
+//! of their namespace to the flag set of each stage, what OFREP serves, which toggle
+//! keeps a duplicated key, each toggle's problems and Ready condition, the couplings in
+//! effect for each toggle, and the coupling changes worth an Event.
 //!
 //! Every toggle of an application shares one plan (one flag set per stage), so the
 //! controller computes it once per change of its inputs ([`ApplicationInput::fingerprint`])
-//! and reuses it for the status of each toggle.
+//! and reuses it for the status of each toggle. Pure: objects in, plain data out; the
+//! operator caches the plan, writes the ConfigMaps and statuses, and publishes the Events.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -14,14 +16,14 @@ use chrono::{DateTime, Utc};
 use stagecoach_api::condition::{self, Condition, ConditionStatus};
 use stagecoach_api::toggle::ToggleStageStatus;
 use stagecoach_api::{FeatureToggle, FeatureToggleSpec, FeatureToggleStatus, Release};
-use stagecoach_engine::acceptance::{ACCEPTED, plan_toggle_status};
-use stagecoach_engine::toggle::{
+
+use super::reached::{StageTarget, active_couplings, application_stages, release_stage_names};
+use super::stage_rules::active_rule_couplings;
+use super::{
     ActiveCouplings, FlagSetError, RenderedFlagSet, canonical_json, describe_active_rules,
     render_flag_set,
 };
-
-use super::stages::{StageTarget, active_couplings, application_stages, release_stage_names};
-use crate::ofrep::AppFlags;
+use crate::acceptance::{ACCEPTED, plan_toggle_status};
 
 /// Name of the ConfigMap holding an application's flag set in each stage namespace.
 pub const FLAG_SET_CONFIG_MAP: &str = "stagecoach-flags";
@@ -53,6 +55,21 @@ pub mod reason {
     pub const COUPLING_ACTIVATED: &str = "CouplingActivated";
     /// Event: a rule's release is no longer at its stage (rolled back).
     pub const COUPLING_DEACTIVATED: &str = "CouplingDeactivated";
+}
+
+/// What one application serves over OFREP. Whether a toggle is served does not depend on
+/// the stage (only what it serves does), so the flags are shared by all stages.
+#[derive(Debug, Default)]
+pub struct AppFlags {
+    /// Flag-set version (`sha256:...`, as in the stage's ConfigMap) by stage name.
+    pub stages: HashMap<String, String>,
+    /// The release couplings active for the application's toggles.
+    pub couplings: ActiveCouplings,
+    /// Served flags by key, with the name of the FeatureToggle serving each.
+    pub flags: BTreeMap<String, String>,
+    /// Keys of toggles that are not served (invalid spec or key), with the reason: a
+    /// request for one gets FLAG_NOT_FOUND with this explanation.
+    pub not_served: BTreeMap<String, String>,
 }
 
 /// Something about a toggle that keeps it from being served exactly as its spec says.
@@ -208,7 +225,6 @@ pub struct ApplicationPlan {
 
 impl ApplicationPlan {
     /// A plan with nothing in it, for tests of what is done with plans.
-    #[cfg(test)]
     pub fn empty(fingerprint: u64) -> Self {
         Self {
             fingerprint,
@@ -218,6 +234,28 @@ impl ApplicationPlan {
             problems: HashMap::new(),
             not_served: BTreeSet::new(),
         }
+    }
+
+    /// The couplings in effect for `toggle` under this plan: the stages it is served in
+    /// and, per stage, the `when` of every active coupled rule (the rules its status lists
+    /// as `when ... reached ...`). A toggle that is not served has none.
+    pub fn toggle_couplings(&self, toggle: &FeatureToggle) -> ToggleCouplings {
+        let name = toggle.metadata.name.as_deref().unwrap_or_default();
+        let mut result = ToggleCouplings::default();
+        if self.not_served.contains(name) {
+            return result;
+        }
+        for stage in &self.stages {
+            result.stages.push(stage.name.clone());
+            for when in active_rule_couplings(&toggle.spec, &stage.name, &self.couplings) {
+                result.active.insert(Coupling {
+                    stage: stage.name.clone(),
+                    release: when.release.clone(),
+                    reached: when.reached.clone(),
+                });
+            }
+        }
+        result
     }
 }
 
@@ -462,54 +500,24 @@ pub fn desired_status(
         .retain(|c| c.r#type == READY || c.r#type == ACCEPTED);
     status
 }
-
-/// A digest of a status: equal statuses, equal digests.
-pub fn status_digest(status: &FeatureToggleStatus) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_vec(status)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
+/// A coupling in effect in one stage of a toggle: `release` has reached `reached`, so
+/// the toggle's rules of `stage` that wait for it are served. Several rules waiting for
+/// the same release and stage are one coupling (one Event, not one per rule).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Coupling {
+    /// The toggle's stage the rules belong to.
+    pub stage: String,
+    pub release: String,
+    pub reached: String,
 }
 
-/// Shrinks a toggle for the reflector cache, which holds every toggle for the operator's
-/// lifetime: the status is replaced by its digest (`status.cache_digest`) plus the little
-/// the controller reads from it (condition status, reason and time; the coupled rules
-/// active per stage, for the stages that have coupled rules), and the description and
-/// annotations, which nothing reads, go. [`status_unchanged`] compares a desired status
-/// with the digest.
-pub fn compact_for_cache(toggle: &mut FeatureToggle) {
-    toggle.spec.description = None;
-    toggle.metadata.annotations = None;
-    if let Some(status) = &mut toggle.status {
-        let digest = status_digest(status);
-        for condition in &mut status.conditions {
-            condition.message = String::new();
-        }
-        // Only coupled rules are compared with the cached status ([`coupling_changes`]).
-        let spec = &toggle.spec;
-        status.stages.retain(|stage| {
-            spec.stages
-                .get(&stage.name)
-                .is_some_and(|s| s.rules.iter().any(|r| r.when.is_some()))
-        });
-        status.stages.shrink_to_fit();
-        for stage in &mut status.stages {
-            stage.flag_set_version = None;
-            stage.config_map = None;
-            stage.active_rules.retain(|rule| rule.starts_with("when "));
-        }
-        status.cache_digest = Some(digest);
-    }
-}
-
-/// Whether `toggle` (from the cache) already has `desired` as its status.
-pub fn status_unchanged(toggle: &FeatureToggle, desired: &FeatureToggleStatus) -> bool {
-    let cached_digest = toggle.status.as_ref().and_then(|s| s.cache_digest);
-    match cached_digest {
-        Some(digest) => digest == status_digest(desired),
-        None => toggle.status.as_ref() == Some(desired),
-    }
+/// What one toggle's status says about couplings, as data: the stages it is served in
+/// (pipeline order) and the couplings in effect there. Compared old against new to
+/// decide the coupling Events ([`coupling_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToggleCouplings {
+    pub stages: Vec<String>,
+    pub active: BTreeSet<Coupling>,
 }
 
 /// A coupled rule that became active or inactive in one stage of a toggle.
@@ -547,37 +555,41 @@ impl CouplingChange {
     }
 }
 
-/// The couplings that changed between two statuses of a toggle, read from each stage's
-/// active rules (a coupled rule is listed as `when <release> reached <stage>: ...` only
-/// while active). Stages missing from `before` report nothing: a new toggle, or a new
-/// stage, is not a coupling change.
+/// Coupling changes between what `before` and `after` say about one toggle: for each stage
+/// in both, each distinct `when: {release, reached}` of the spec's rules that went from
+/// inactive to active or back. Without `before` (a new toggle, or one this process has
+/// not seen yet) nothing is reported, and neither is a stage missing from `before` (a new
+/// stage is not a coupling change).
 pub fn coupling_changes(
     spec: &FeatureToggleSpec,
-    before: Option<&FeatureToggleStatus>,
-    after: &FeatureToggleStatus,
+    before: Option<&ToggleCouplings>,
+    after: &ToggleCouplings,
 ) -> Vec<CouplingChange> {
     let Some(before) = before else {
         return Vec::new();
     };
     let mut changes = Vec::new();
-    for new in &after.stages {
-        let Some(old) = before.stages.iter().find(|s| s.name == new.name) else {
+    for stage in &after.stages {
+        if !before.stages.contains(stage) {
             continue;
-        };
-        let Some(settings) = spec.stages.get(&new.name) else {
+        }
+        let Some(settings) = spec.stages.get(stage) else {
             continue;
         };
         let mut seen = BTreeSet::new();
         for when in settings.rules.iter().filter_map(|r| r.when.as_ref()) {
-            if !seen.insert((&when.release, &when.reached)) {
-                continue;
-            }
-            let prefix = format!("when {} reached {}:", when.release, when.reached);
-            let listed = |rules: &[String]| rules.iter().any(|r| r.starts_with(&prefix));
-            let (was, is) = (listed(&old.active_rules), listed(&new.active_rules));
-            if was != is {
+            let coupling = Coupling {
+                stage: stage.clone(),
+                release: when.release.clone(),
+                reached: when.reached.clone(),
+            };
+            let (was, is) = (
+                before.active.contains(&coupling),
+                after.active.contains(&coupling),
+            );
+            if was != is && seen.insert(coupling) {
                 changes.push(CouplingChange {
-                    stage: new.name.clone(),
+                    stage: stage.clone(),
                     release: when.release.clone(),
                     reached: when.reached.clone(),
                     active: is,
@@ -592,11 +604,10 @@ pub fn coupling_changes(
 #[allow(clippy::needless_pass_by_value)] // fixtures take json! values
 mod tests {
     use chrono::TimeZone;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::{Value, json};
     use stagecoach_api::release::{ReleasePhase, StagePhase};
 
-    use super::super::stages::tests::{release, with_phases};
+    use super::super::reached::tests::{release, with_phases};
     use super::*;
 
     fn at(second: i64) -> DateTime<Utc> {
@@ -605,11 +616,14 @@ mod tests {
 
     fn toggle(name: &str, age: i64, spec: Value) -> FeatureToggle {
         let mut toggle = FeatureToggle::new(name, serde_json::from_value(spec).unwrap());
-        toggle.metadata.namespace = Some("team".into());
-        toggle.metadata.uid = Some(format!("uid-{name}"));
-        toggle.metadata.generation = Some(1);
-        let created = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 - age).unwrap();
-        toggle.metadata.creation_timestamp = Some(Time(created));
+        toggle.metadata = serde_json::from_value(json!({
+            "name": name,
+            "namespace": "team",
+            "uid": format!("uid-{name}"),
+            "generation": 1,
+            "creationTimestamp": at(-age).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }))
+        .unwrap();
         toggle
     }
 
@@ -847,20 +861,29 @@ mod tests {
             let input =
                 ApplicationInput::new("team", "shop", [&toggle], std::slice::from_ref(release));
             let (plan, _) = plan_application(&input);
-            (desired_status(&toggle, &plan, &[], at(0)), plan)
+            let couplings = plan.toggle_couplings(&toggle);
+            (desired_status(&toggle, &plan, &[], at(0)), couplings, plan)
         };
-        let (off, off_plan) = status_with(&pending, None);
+        let (off, off_couplings, off_plan) = status_with(&pending, None);
         assert_eq!(off.stages[1].active_rules, ["otherwise -> off"]);
-        assert!(coupling_changes(&coupled.spec, None, &off).is_empty());
+        assert_eq!(off_couplings.stages, ["dev", "demo"]);
+        assert!(off_couplings.active.is_empty());
+        assert!(coupling_changes(&coupled.spec, None, &off_couplings).is_empty());
 
-        let (on, on_plan) = status_with(&reached, Some(&off));
+        let (on, on_couplings, on_plan) = status_with(&reached, Some(&off));
         assert_ne!(
             on.stages[1].flag_set_version,
             off.stages[1].flag_set_version
         );
         assert!(on_plan.index.couplings.has_reached("shop-1", "demo"));
         assert!(!off_plan.index.couplings.has_reached("shop-1", "demo"));
-        let changes = coupling_changes(&coupled.spec, Some(&off), &on);
+        let demo = Coupling {
+            stage: "demo".into(),
+            release: "shop-1".into(),
+            reached: "demo".into(),
+        };
+        assert_eq!(on_couplings.active, BTreeSet::from([demo]));
+        let changes = coupling_changes(&coupled.spec, Some(&off_couplings), &on_couplings);
         assert_eq!(
             changes,
             [CouplingChange {
@@ -868,73 +891,71 @@ mod tests {
                 release: "shop-1".into(),
                 reached: "demo".into(),
                 active: true
-            }]
+            }],
+            "two rules waiting for the same coupling are one change"
         );
         assert_eq!(changes[0].reason(), reason::COUPLING_ACTIVATED);
-        assert!(coupling_changes(&coupled.spec, Some(&on), &on).is_empty());
+        assert!(coupling_changes(&coupled.spec, Some(&on_couplings), &on_couplings).is_empty());
 
-        let (back_off, _) = status_with(&rolled_back, Some(&on));
+        let (back_off, back_off_couplings, _) = status_with(&rolled_back, Some(&on));
         assert_eq!(back_off.stages[1], off.stages[1]);
-        let changes = coupling_changes(&coupled.spec, Some(&on), &back_off);
+        assert_eq!(back_off_couplings, off_couplings);
+        let changes = coupling_changes(&coupled.spec, Some(&on_couplings), &back_off_couplings);
         assert_eq!(changes.len(), 1);
         assert!(!changes[0].active);
         assert_eq!(changes[0].reason(), reason::COUPLING_DEACTIVATED);
     }
 
     #[test]
-    fn the_cache_keeps_a_digest_of_the_status_and_what_the_controller_reads() {
+    fn couplings_follow_what_is_served() {
         let coupled = shop_toggle(
             "coupled",
             5,
-            json!({"demo": {"rules": [
-                {"clients": ["acme"], "variant": "on", "when": {"release": "shop-1", "reached": "demo"}}
-            ]}}),
+            json!({
+                "dev": {"state": "Disabled", "rules": [
+                    {"clients": ["acme"], "variant": "on", "when": {"release": "shop-1", "reached": "dev"}}
+                ]},
+                "demo": {"rules": [
+                    {"clients": ["acme"], "variant": "on", "when": {"release": "shop-1", "reached": "dev"}}
+                ]}
+            }),
+        );
+        let duplicate = toggle(
+            "duplicate",
+            1,
+            json!({
+                "application": "shop", "key": "coupled",
+                "variants": {"on": true}, "defaultVariant": "on",
+                "stages": {"demo": {"rules": [
+                    {"clients": ["acme"], "variant": "on", "when": {"release": "shop-1", "reached": "dev"}}
+                ]}}
+            }),
         );
         let reached = Arc::new(with_phases(
             (*shop_release()).clone(),
-            ReleasePhase::Succeeded,
-            &[
-                ("dev", StagePhase::Succeeded),
-                ("demo", StagePhase::Succeeded),
-            ],
+            ReleasePhase::Progressing,
+            &[("dev", StagePhase::Succeeded)],
         ));
-        let input =
-            ApplicationInput::new("team", "shop", [&coupled], std::slice::from_ref(&reached));
-        let (plan, _) = plan_application(&input);
-        let status = desired_status(&coupled, &plan, &[], at(0));
-        let mut cached = coupled.clone();
-        cached.spec.description = Some("long text".into());
-        cached.status = Some(status.clone());
-        compact_for_cache(&mut cached);
-        assert!(cached.spec.description.is_none());
-        assert!(status_unchanged(&cached, &status));
-        let compact = cached.status.clone().unwrap();
-        assert!(compact.conditions.iter().all(|c| c.message.is_empty()));
-        // Only the stage with a coupled rule is kept.
-        assert_eq!(status.stages.len(), 2);
-        assert_eq!(compact.stages.len(), 1);
-        assert_eq!(compact.stages[0].name, "demo");
-        assert_eq!(
-            compact.stages[0].active_rules,
-            ["when shop-1 reached demo: clients [acme] -> on"]
-        );
-        assert!(compact.stages[0].flag_set_version.is_none());
-
-        // Planning again from the compact status gives the same status: no write.
-        let again = desired_status(&cached, &plan, &[], at(60));
-        assert_eq!(again, status);
-        assert!(status_unchanged(&cached, &again));
-        // A change is still seen, and so is the coupling going away.
-        let (plain_plan, _) = plan_application(&ApplicationInput::new(
+        let input = ApplicationInput::new(
             "team",
             "shop",
-            [&coupled],
-            &[shop_release()],
-        ));
-        let off = desired_status(&cached, &plain_plan, &[], at(60));
-        assert!(!status_unchanged(&cached, &off));
-        let changes = coupling_changes(&cached.spec, cached.status.as_ref(), &off);
-        assert_eq!(changes.len(), 1);
-        assert!(!changes[0].active);
+            [&coupled, &duplicate],
+            std::slice::from_ref(&reached),
+        );
+        let (plan, _) = plan_application(&input);
+        let couplings = plan.toggle_couplings(&coupled);
+        let stages: Vec<&str> = couplings.active.iter().map(|c| c.stage.as_str()).collect();
+        assert_eq!(stages, ["demo"], "a disabled stage serves no coupled rule");
+        assert_eq!(
+            plan.toggle_couplings(&duplicate),
+            ToggleCouplings::default(),
+            "a toggle that is not served has no coupling in effect"
+        );
+        // A stage the old state did not list is not a coupling change.
+        let before = ToggleCouplings {
+            stages: vec!["dev".into()],
+            active: BTreeSet::new(),
+        };
+        assert!(coupling_changes(&coupled.spec, Some(&before), &couplings).is_empty());
     }
 }

@@ -1,0 +1,117 @@
+//! How a FeatureToggle is kept in the reflector cache, which holds every toggle for the
+//! operator's lifetime: small, with a digest of its status to tell whether a status the
+//! controller computes is already written.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use stagecoach_api::{FeatureToggle, FeatureToggleStatus};
+
+/// A digest of a status: equal statuses, equal digests.
+pub fn status_digest(status: &FeatureToggleStatus) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_vec(status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Shrinks a toggle for the reflector cache: the status is replaced by its digest
+/// (`status.cache_digest`) plus the little the controller reads from it (the conditions'
+/// status, reason and time, from which the next status keeps its transition times), and
+/// the description and annotations, which nothing reads, go. [`status_unchanged`]
+/// compares a desired status with the digest.
+pub fn compact_for_cache(toggle: &mut FeatureToggle) {
+    toggle.spec.description = None;
+    toggle.metadata.annotations = None;
+    if let Some(status) = &mut toggle.status {
+        let digest = status_digest(status);
+        for condition in &mut status.conditions {
+            condition.message = String::new();
+        }
+        // What is served per stage is planned, never read back (coupling changes are
+        // compared as data in the controller's memory, see `controller::toggle`).
+        status.stages = Vec::new();
+        status.cache_digest = Some(digest);
+    }
+}
+
+/// Whether `toggle` (from the cache) already has `desired` as its status.
+pub fn status_unchanged(toggle: &FeatureToggle, desired: &FeatureToggleStatus) -> bool {
+    let cached_digest = toggle.status.as_ref().and_then(|s| s.cache_digest);
+    match cached_digest {
+        Some(digest) => digest == status_digest(desired),
+        None => toggle.status.as_ref() == Some(desired),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+    use stagecoach_api::condition::{self, ConditionStatus};
+    use stagecoach_engine::toggle::application::READY;
+    use stagecoach_engine::toggle::{ApplicationInput, desired_status, plan_application};
+
+    use super::*;
+    use stagecoach_api::Release;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_cache_keeps_a_digest_of_the_status_and_what_the_controller_reads() {
+        let mut toggle: FeatureToggle = serde_json::from_value(json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "FeatureToggle",
+            "metadata": {"name": "coupled", "namespace": "team", "generation": 1,
+                "annotations": {"note": "x"}},
+            "spec": {
+                "application": "shop", "description": "long text",
+                "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                "stages": {"demo": {"rules": [{"clients": ["acme"], "variant": "on",
+                    "when": {"release": "shop-1", "reached": "demo"}}]}}
+            }
+        }))
+        .unwrap();
+        let at = |second: i64| Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap();
+        let release: Release = serde_json::from_value(json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": "shop-1", "namespace": "team"},
+            "spec": {"application": "shop", "version": "1.0.0",
+                "workloads": [{"deployment": "api", "containers": [{"name": "api", "image": "x"}]}]}
+        }))
+        .unwrap();
+        let (plan, _) = plan_application(&ApplicationInput::new(
+            "team",
+            "shop",
+            [&toggle],
+            &[Arc::new(release)],
+        ));
+        let status = desired_status(&toggle, &plan, &[], at(0));
+        assert_eq!(status.stages.len(), 4);
+        let mut cached = toggle.clone();
+        cached.status = Some(status.clone());
+        compact_for_cache(&mut cached);
+        assert!(cached.spec.description.is_none());
+        assert!(cached.metadata.annotations.is_none());
+        assert!(status_unchanged(&cached, &status));
+        let compact = cached.status.clone().unwrap();
+        assert!(compact.conditions.iter().all(|c| c.message.is_empty()));
+        assert_eq!(
+            condition::find(&compact.conditions, READY).unwrap().status,
+            ConditionStatus::True
+        );
+        assert!(compact.stages.is_empty());
+
+        // Planning again from the compact status gives the same status: no write.
+        let again = desired_status(&cached, &plan, &[], at(60));
+        assert_eq!(again, status);
+        assert!(status_unchanged(&cached, &again));
+
+        // A status that differs is seen as a change.
+        let mut other = status.clone();
+        other.stages.clear();
+        assert!(!status_unchanged(&cached, &other));
+        // Without a digest the status is compared as it is.
+        toggle.status = Some(status.clone());
+        assert!(status_unchanged(&toggle, &status));
+        assert!(!status_unchanged(&toggle, &other));
+    }
+}
