@@ -309,7 +309,13 @@ impl<'a> Planner<'a> {
                     && c.message
                         .contains(&format!("{PROMOTE_ANNOTATION}={value} is ignored"))
             });
-        if !said {
+        // A pause already passed is most likely the promote that ended it, left in the
+        // manifest: the condition says where the release waits now, without a Warning.
+        let passed = matches!(
+            super::promote::classify(value, self.spec(), Some(&self.status)),
+            super::promote::Meaning::Passed(_)
+        );
+        if !said && !passed {
             let stage = self.status.current_stage.clone();
             self.record(
                 stage.as_deref(),
