@@ -29,6 +29,8 @@ use crate::acceptance::{ACCEPTED, plan_toggle_status};
 pub const FLAG_SET_CONFIG_MAP: &str = "stagecoach-flags";
 /// Key of the flagd flag-set document in that ConfigMap.
 pub const FLAG_SET_KEY: &str = "flags.json";
+/// Largest flag set written to a ConfigMap (the API server refuses objects over 1 MiB).
+pub const MAX_FLAG_SET_BYTES: usize = 1_000_000;
 /// Type of the condition saying whether a toggle is served as its spec says.
 pub const READY: &str = "Ready";
 
@@ -205,6 +207,51 @@ impl StageFlagSet {
     /// The ConfigMap holding this flag set, as `namespace/name`.
     pub fn config_map(&self) -> String {
         format!("{}/{FLAG_SET_CONFIG_MAP}", self.namespace)
+    }
+
+    /// The problem when the stage namespace's flag-set ConfigMap belongs to another
+    /// application (`owner`, as `namespace/name`, when known): the stage is served over
+    /// OFREP only.
+    pub fn conflict(&self, owner: Option<&str>) -> Problem {
+        Problem {
+            reason: reason::FLAG_SET_CONFLICT,
+            message: format!(
+                "stage {} shares namespace {} with application {}, whose flag set is in \
+                 ConfigMap {}; the flag set of stage {} is served over OFREP only",
+                self.name,
+                self.namespace,
+                owner.unwrap_or("another application"),
+                self.config_map(),
+                self.name
+            ),
+        }
+    }
+
+    /// The problem when the flag set's document, `bytes` long, does not fit in a
+    /// ConfigMap ([`MAX_FLAG_SET_BYTES`]); None when it fits.
+    pub fn size_problem(&self, bytes: usize) -> Option<Problem> {
+        (bytes > MAX_FLAG_SET_BYTES).then(|| Problem {
+            reason: reason::FLAG_SET_TOO_LARGE,
+            message: format!(
+                "the flag set of stage {} is {bytes} bytes, more than a ConfigMap holds \
+                 ({MAX_FLAG_SET_BYTES} bytes); it is served over OFREP only",
+                self.name,
+            ),
+        })
+    }
+
+    /// The problem when writing the flag set failed with `error` (the API server's
+    /// words): served over OFREP only until a retry succeeds.
+    pub fn not_written(&self, error: &str) -> Problem {
+        Problem {
+            reason: reason::FLAG_SET_NOT_WRITTEN,
+            message: format!(
+                "cannot write the flag set of stage {} to ConfigMap {}: {error}; it is served \
+                 over OFREP only until the write succeeds",
+                self.name,
+                self.config_map(),
+            ),
+        }
     }
 }
 
@@ -807,6 +854,41 @@ mod tests {
         let status = desired_status(&toggles[0], &plan, &[conflict], at(0));
         assert_eq!(ready(&status).reason, reason::UNKNOWN_STAGE);
         assert!(ready(&status).message.ends_with("taken"));
+    }
+
+    #[test]
+    fn flag_set_problems_name_the_stage_and_rank_after_the_toggles_own() {
+        let stage = StageFlagSet {
+            name: "demo".into(),
+            namespace: "shop-demo".into(),
+            version: "sha256:1".into(),
+        };
+        assert!(stage.size_problem(MAX_FLAG_SET_BYTES).is_none());
+        let large = stage.size_problem(MAX_FLAG_SET_BYTES + 1).unwrap();
+        assert_eq!(large.reason, reason::FLAG_SET_TOO_LARGE);
+        assert!(large.message.contains("1000001 bytes"), "{}", large.message);
+        let conflict = stage.conflict(Some("team/other"));
+        assert!(
+            conflict
+                .message
+                .contains("with application team/other, whose flag set is in ConfigMap shop-demo/stagecoach-flags"),
+            "{}",
+            conflict.message
+        );
+        assert!(stage.conflict(None).message.contains("another application"));
+        let failed = stage.not_written("namespaces \"shop-demo\" not found");
+        assert_eq!(failed.reason, reason::FLAG_SET_NOT_WRITTEN);
+        let mut problems = [failed, large, conflict];
+        problems.sort_by_key(Problem::rank);
+        let reasons: Vec<&str> = problems.iter().map(|p| p.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                reason::FLAG_SET_CONFLICT,
+                reason::FLAG_SET_TOO_LARGE,
+                reason::FLAG_SET_NOT_WRITTEN
+            ]
+        );
     }
 
     #[test]

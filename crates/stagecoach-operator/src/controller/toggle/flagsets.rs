@@ -22,14 +22,14 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use stagecoach_api::FIELD_MANAGER;
+use stagecoach_engine::toggle::application::{
+    ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem, ToggleCouplings,
+};
 use tracing::{info, warn};
 
 use crate::controller::workloads::MANAGED_BY;
 use crate::error::ReconcileError;
 use crate::metrics::ToggleMetrics;
-use stagecoach_engine::toggle::application::{
-    ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem, ToggleCouplings, reason,
-};
 
 /// Label: the application whose flags a ConfigMap holds.
 pub const APPLICATION_LABEL: &str = "stagecoach.dev/application";
@@ -39,8 +39,6 @@ pub const TOGGLE_NAMESPACE_LABEL: &str = "stagecoach.dev/toggle-namespace";
 pub const STAGE_LABEL: &str = "stagecoach.dev/stage";
 /// Annotation: the flag set's content version (`sha256:...`).
 pub const VERSION_ANNOTATION: &str = "stagecoach.dev/flag-set-version";
-/// Largest flag set written to a ConfigMap (the API server refuses objects over 1 MiB).
-pub const MAX_FLAG_SET_BYTES: usize = 1_000_000;
 /// How long a write is trusted before the cache shows it; past that it is written again.
 pub const WRITE_GRACE: Duration = Duration::from_secs(5);
 /// An application is planned again once its inputs have not changed for this long...
@@ -230,20 +228,8 @@ pub async fn sync_flag_sets(
         let cached = cache.get(&ObjectRef::new(FLAG_SET_CONFIG_MAP).within(&stage.namespace));
         if let Some(cached) = &cached {
             if AppKey::of_flag_set(cached).as_ref() != Some(key) {
-                let owner = AppKey::of_flag_set(cached)
-                    .map_or_else(|| "another application".to_owned(), |k| k.to_string());
-                problems.push(Problem {
-                    reason: reason::FLAG_SET_CONFLICT,
-                    message: format!(
-                        "stage {} shares namespace {} with application {owner}, whose flag \
-                         set is in ConfigMap {}; the flag set of stage {} is served over OFREP \
-                         only",
-                        stage.name,
-                        stage.namespace,
-                        stage.config_map(),
-                        stage.name
-                    ),
-                });
+                let owner = AppKey::of_flag_set(cached).map(|k| k.to_string());
+                problems.push(stage.conflict(owner.as_deref()));
                 continue;
             }
             let labels = cached.labels();
@@ -271,17 +257,8 @@ pub async fn sync_flag_sets(
             }
             document
         };
-        if document.len() > MAX_FLAG_SET_BYTES {
-            problems.push(Problem {
-                reason: reason::FLAG_SET_TOO_LARGE,
-                message: format!(
-                    "the flag set of stage {} is {} bytes, more than a ConfigMap holds ({} \
-                     bytes); it is served over OFREP only",
-                    stage.name,
-                    document.len(),
-                    MAX_FLAG_SET_BYTES
-                ),
-            });
+        if let Some(problem) = stage.size_problem(document.len()) {
+            problems.push(problem);
             continue;
         }
         if let Err(error) = apply_flag_set(
@@ -294,16 +271,7 @@ pub async fn sync_flag_sets(
         )
         .await
         {
-            problems.push(Problem {
-                reason: reason::FLAG_SET_NOT_WRITTEN,
-                message: format!(
-                    "cannot write the flag set of stage {} to ConfigMap {}: {}; it is served \
-                     over OFREP only until the write succeeds",
-                    stage.name,
-                    stage.config_map(),
-                    api_message(&error)
-                ),
-            });
+            problems.push(stage.not_written(&api_message(&error)));
             failed.get_or_insert(error);
             continue;
         }

@@ -23,15 +23,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use stagecoach_api::{FeatureToggle, Release};
+use stagecoach_engine::toggle::ReleaseFacts;
+use stagecoach_engine::toggle::application::FLAG_SET_CONFIG_MAP;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::ToggleContext;
-use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
-use stagecoach_engine::toggle::ReleaseFacts;
-use stagecoach_engine::toggle::application::FLAG_SET_CONFIG_MAP;
-
 use super::cache::compact_for_cache;
+use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
 use crate::admin::CacheSync;
 use crate::controller::workloads::MANAGED_BY;
 use crate::controller::{WatchBackoff, relisting_watcher};
