@@ -206,7 +206,7 @@ async fn reconcile_toggle(
     if status_unchanged(toggle, &desired) {
         debug!("status up to date");
         // The first reconcile after a start: what the status shows is the baseline.
-        remember_couplings(ctx, &app, toggle, couplings).await;
+        remember_couplings(ctx, &app, toggle, couplings);
         return finish(Action::requeue(requeue));
     }
 
@@ -225,7 +225,7 @@ async fn reconcile_toggle(
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     announce_acceptance(&ctx.base, &reference, before, &desired.conditions).await?;
     announce_readiness(ctx, &reference, current, &desired).await;
-    let before = remember_couplings(ctx, &app, toggle, couplings.clone()).await;
+    let before = remember_couplings(ctx, &app, toggle, couplings.clone());
     for change in coupling_changes(&toggle.spec, before.as_ref(), &couplings) {
         info!(release = %change.release, reached = %change.reached, stage = %change.stage,
             active = change.active, "coupling changed");
@@ -254,19 +254,15 @@ async fn reconcile_toggle(
 /// Records `couplings` as what `toggle`'s status shows now, and returns what it showed
 /// before (None when this process has not seen the toggle's status yet). Toggles without
 /// a coupled rule are not kept: they never have a coupling change.
-async fn remember_couplings(
+fn remember_couplings(
     ctx: &ToggleContext,
     app: &AppKey,
     toggle: &FeatureToggle,
     couplings: ToggleCouplings,
 ) -> Option<ToggleCouplings> {
-    let name = toggle.name_any();
-    let state = ctx.applications.state(app);
-    let mut state = state.lock().await;
-    if !has_coupled_rule(toggle) {
-        return state.couplings.remove(&name);
-    }
-    state.couplings.insert(name, couplings)
+    let kept = has_coupled_rule(toggle).then_some(couplings);
+    ctx.applications
+        .remember_couplings(app, &toggle.name_any(), kept)
 }
 
 fn has_coupled_rule(toggle: &FeatureToggle) -> bool {
@@ -310,11 +306,12 @@ async fn current_plan(
     let (plan, documents) = plan_application(&input);
     debug!(application = %app, stages = plan.stages.len(), "application planned");
     // Toggles gone from the application are forgotten.
-    if !state.couplings.is_empty() {
-        let names: std::collections::HashSet<String> =
-            toggles.iter().map(|t| t.name_any()).collect();
-        state.couplings.retain(|name, _| names.contains(name));
-    }
+    let names: std::collections::HashSet<&str> = toggles
+        .iter()
+        .filter_map(|t| t.metadata.name.as_deref())
+        .collect();
+    ctx.applications
+        .retain_couplings(app, |name| names.contains(name));
     let plan = Arc::new(plan);
     ctx.index
         .publish(&app.namespace, &app.application, plan.index.clone());
