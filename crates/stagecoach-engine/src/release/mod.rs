@@ -3,11 +3,13 @@
 //! - [`observed`]: what the controller saw, as plain data;
 //! - [`rollout`]: canary sizing and pod-template arithmetic;
 //! - [`gate`]: the gate model and the built-in workload-health gate;
+//! - [`phases`]: the release state machine, the transitions a reconcile may make;
 //! - [`promote`]: what the promote annotation names, against where the release is;
 //! - [`plan`]: the planner itself.
 
 pub mod gate;
 pub mod observed;
+pub mod phases;
 pub mod plan;
 pub mod promote;
 pub mod rollout;

@@ -332,6 +332,15 @@ impl<'a> Planner<'a> {
             let excess = self.status.timeline.len() - TIMELINE_LIMIT;
             self.status.timeline.drain(..excess);
         }
+        debug_assert!(
+            self.status.phase.is_none_or(|to| super::phases::allowed(
+                self.input.status.and_then(|s| s.phase),
+                to
+            )),
+            "transition {:?} -> {:?} is not in the release state machine",
+            self.input.status.and_then(|s| s.phase),
+            self.status.phase
+        );
         self.plan.status = self.status;
         self.plan
     }
@@ -402,10 +411,17 @@ impl<'a> Planner<'a> {
             .unwrap_or_default()
     }
 
+    /// Whether `other` was created after this release (name breaks a tie): the one
+    /// ordering of releases of an application, used by every supersession rule.
+    fn is_newer(&self, other: &OtherRelease) -> bool {
+        (other.created, other.name.as_str()) > (self.input.created, self.input.name)
+    }
+
     fn newer_live_release(&self) -> Option<&OtherRelease> {
-        self.input.others.iter().find(|o| {
-            o.is_live() && (o.created, o.name.as_str()) > (self.input.created, self.input.name)
-        })
+        self.input
+            .others
+            .iter()
+            .find(|o| o.is_live() && self.is_newer(o))
     }
 
     // ----- a stage not yet entered -------------------------------------------------------
@@ -902,7 +918,7 @@ impl<'a> Planner<'a> {
         }
         let newer_here = self.input.others.iter().find(|o| {
             o.is_live()
-                && (o.created, o.name.as_str()) > (self.input.created, self.input.name)
+                && self.is_newer(o)
                 && matches!(
                     o.stage_phase(&name),
                     Some(
@@ -1237,7 +1253,7 @@ impl<'a> Planner<'a> {
         for index in 0..self.status.stages.len() {
             let name = self.status.stages[index].name.clone();
             let taken_over = self.input.others.iter().any(|o| {
-                (o.created, o.name.as_str()) > (self.input.created, self.input.name)
+                self.is_newer(o)
                     && o.stage_phase(&name)
                         .is_some_and(|p| !matches!(p, StagePhase::Pending | StagePhase::Skipped))
             });

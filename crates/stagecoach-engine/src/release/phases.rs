@@ -1,0 +1,82 @@
+//! The release state machine: every phase a Release can be in and every transition one
+//! reconcile may make, in one table. The planner may set `status.phase` more than once
+//! while it works out a plan; what counts is the phase it starts from (the status it was
+//! given) and the one it ends with, and that pair must be in [`allowed`]. The planner
+//! checks it in debug builds; the planner tests check it for every plan they make,
+//! including the property tests' random releases, crashes and restarts.
+//!
+//! ```text
+//!                    ┌──────────── spec.paused, a pause without duration, an outside edit
+//!                    │          ┌─ resumed, promoted, edit reverted
+//!                    ▼          │
+//!  (none) ──► Progressing ◄──► Paused
+//!    │          │    │  ▲         │
+//!    │          │    │  └─ waits ─┘   (both may also end as below)
+//!    │          │    ▼
+//!    │          │  EarlyLifeSupport ──► Succeeded
+//!    │          │    │
+//!    │          ▼    ▼
+//!    ├──────► RolledBack     a gate failed, a deadline passed, abort, the Release deleted
+//!    ├──────► Failed         aborted or deleted before a stage, a Deployment deleted
+//!    └──────► Superseded     a newer release, before a stage this one had not entered
+//! ```
+//!
+//! Succeeded, RolledBack, Failed and Superseded are terminal: a terminal release only keeps
+//! rolled-back stages on their recorded revisions and never changes phase again.
+//! `AwaitingApproval` and `WaitingForWindow` are part of the API for the Pipeline's
+//! approvals and release windows and are never entered yet.
+
+use stagecoach_api::release::ReleasePhase;
+
+/// Whether one reconcile may take a release from phase `from` (none: never planned) to
+/// phase `to`.
+pub fn allowed(from: Option<ReleasePhase>, to: ReleasePhase) -> bool {
+    use ReleasePhase::{
+        AwaitingApproval, EarlyLifeSupport, Failed, Paused, Pending, Progressing, RolledBack,
+        Succeeded, Superseded, WaitingForWindow,
+    };
+    let from = from.unwrap_or(Pending);
+    if from.is_terminal() {
+        return to == from;
+    }
+    if from == EarlyLifeSupport {
+        // Early life support ends (without incident, because a newer release entered the
+        // stage, or because the Release was deleted) or rolls back; it does not go back.
+        return matches!(to, EarlyLifeSupport | Succeeded | RolledBack | Failed);
+    }
+    match to {
+        // Not entered by the planner yet (approvals, windows); nothing goes back to
+        // Pending.
+        AwaitingApproval | WaitingForWindow | Pending => false,
+        // The last stage reached 100 %: never from a release that has not started.
+        EarlyLifeSupport => from != Pending,
+        // Before and during the rollout, and every stage succeeded.
+        Progressing | Paused | RolledBack | Failed | Superseded | Succeeded => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ReleasePhase::{EarlyLifeSupport, Failed, Paused, Progressing, RolledBack, Succeeded};
+
+    #[test]
+    fn terminal_phases_never_change() {
+        for terminal in [Succeeded, RolledBack, Failed, ReleasePhase::Superseded] {
+            assert!(allowed(Some(terminal), terminal));
+            for other in [Progressing, Paused, EarlyLifeSupport, Succeeded, RolledBack] {
+                assert_eq!(allowed(Some(terminal), other), other == terminal);
+            }
+        }
+    }
+
+    #[test]
+    fn a_release_starts_progressing_paused_or_ended_never_in_early_life_support() {
+        assert!(allowed(None, Progressing));
+        assert!(allowed(None, Paused));
+        assert!(allowed(None, Failed));
+        assert!(!allowed(None, EarlyLifeSupport));
+        assert!(!allowed(Some(EarlyLifeSupport), ReleasePhase::Pending));
+        assert!(!allowed(Some(Progressing), ReleasePhase::AwaitingApproval));
+    }
+}
