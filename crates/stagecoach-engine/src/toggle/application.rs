@@ -20,8 +20,8 @@ use stagecoach_api::{FeatureToggle, FeatureToggleSpec, FeatureToggleStatus, Rele
 use super::reached::{StageTarget, active_couplings, application_stages, release_stage_names};
 use super::stage_rules::active_rule_couplings;
 use super::{
-    ActiveCouplings, FlagSetError, RenderedFlagSet, canonical_json, describe_active_rules,
-    render_flag_set,
+    ActiveCouplings, Coupling, FlagSetError, RenderedFlagSet, ToggleCouplings, canonical_json,
+    describe_active_rules, render_flag_set,
 };
 use crate::acceptance::{ACCEPTED, plan_toggle_status};
 
@@ -547,106 +547,6 @@ pub fn desired_status(
         .retain(|c| c.r#type == READY || c.r#type == ACCEPTED);
     status
 }
-/// A coupling in effect in one stage of a toggle: `release` has reached `reached`, so
-/// the toggle's rules of `stage` that wait for it are served. Several rules waiting for
-/// the same release and stage are one coupling (one Event, not one per rule).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Coupling {
-    /// The toggle's stage the rules belong to.
-    pub stage: String,
-    pub release: String,
-    pub reached: String,
-}
-
-/// What one toggle's status says about couplings, as data: the stages it is served in
-/// (pipeline order) and the couplings in effect there. Compared old against new to
-/// decide the coupling Events ([`coupling_changes`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ToggleCouplings {
-    pub stages: Vec<String>,
-    pub active: BTreeSet<Coupling>,
-}
-
-/// A coupled rule that became active or inactive in one stage of a toggle.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CouplingChange {
-    /// The toggle's stage the rule belongs to.
-    pub stage: String,
-    pub release: String,
-    pub reached: String,
-    pub active: bool,
-}
-
-impl CouplingChange {
-    pub fn reason(&self) -> &'static str {
-        if self.active {
-            reason::COUPLING_ACTIVATED
-        } else {
-            reason::COUPLING_DEACTIVATED
-        }
-    }
-
-    pub fn message(&self) -> String {
-        if self.active {
-            format!(
-                "Release {} reached {}: its coupled rules in stage {} are active",
-                self.release, self.reached, self.stage
-            )
-        } else {
-            format!(
-                "Release {} is no longer at {} (rolled back, failed or gone): its coupled \
-                 rules in stage {} are inactive",
-                self.release, self.reached, self.stage
-            )
-        }
-    }
-}
-
-/// Coupling changes between what `before` and `after` say about one toggle: for each stage
-/// in both, each distinct `when: {release, reached}` of the spec's rules that went from
-/// inactive to active or back. Without `before` (a new toggle, or one this process has
-/// not seen yet) nothing is reported, and neither is a stage missing from `before` (a new
-/// stage is not a coupling change).
-pub fn coupling_changes(
-    spec: &FeatureToggleSpec,
-    before: Option<&ToggleCouplings>,
-    after: &ToggleCouplings,
-) -> Vec<CouplingChange> {
-    let Some(before) = before else {
-        return Vec::new();
-    };
-    let mut changes = Vec::new();
-    for stage in &after.stages {
-        if !before.stages.contains(stage) {
-            continue;
-        }
-        let Some(settings) = spec.stages.get(stage) else {
-            continue;
-        };
-        let mut seen = BTreeSet::new();
-        for when in settings.rules.iter().filter_map(|r| r.when.as_ref()) {
-            let coupling = Coupling {
-                stage: stage.clone(),
-                release: when.release.clone(),
-                reached: when.reached.clone(),
-            };
-            let (was, is) = (
-                before.active.contains(&coupling),
-                after.active.contains(&coupling),
-            );
-            if was != is && seen.insert(coupling) {
-                changes.push(CouplingChange {
-                    stage: stage.clone(),
-                    release: when.release.clone(),
-                    reached: when.reached.clone(),
-                    active: is,
-                });
-            }
-        }
-    }
-    changes
-}
-
 #[cfg(test)]
 #[allow(clippy::needless_pass_by_value)] // fixtures take json! values
 mod tests {
@@ -655,6 +555,7 @@ mod tests {
     use stagecoach_api::release::{ReleasePhase, StagePhase};
 
     use super::super::reached::tests::{release, with_phases};
+    use super::super::{CouplingChange, coupling_changes};
     use super::*;
 
     fn at(second: i64) -> DateTime<Utc> {

@@ -1,8 +1,15 @@
-//! Which release couplings (`when: {release, reached}`) are active right now.
+//! Release couplings (`when: {release, reached}`): which are active right now
+//! ([`ActiveCouplings`], for evaluation and rendering), which are in effect for one toggle
+//! ([`ToggleCouplings`], as its status shows them), and what changed between two of those
+//! ([`coupling_changes`], for Events). All data: display text is made only for Events'
+//! messages and `describe`.
 
 use std::collections::BTreeSet;
 
+use stagecoach_api::FeatureToggleSpec;
 use stagecoach_api::toggle::ReleaseCoupling;
+
+use super::application::reason;
 
 /// The (release, stage) pairs whose couplings are active: a rule with
 /// `when: {release: R, reached: S}` applies exactly when (R, S) is in the set.
@@ -64,6 +71,106 @@ impl<R: Into<String>, S: Into<String>> FromIterator<(R, S)> for ActiveCouplings 
     }
 }
 
+/// A coupling in effect in one stage of a toggle: `release` has reached `reached`, so
+/// the toggle's rules of `stage` that wait for it are served. Several rules waiting for
+/// the same release and stage are one coupling (one Event, not one per rule).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Coupling {
+    /// The toggle's stage the rules belong to.
+    pub stage: String,
+    pub release: String,
+    pub reached: String,
+}
+
+/// What one toggle's status says about couplings, as data: the stages it is served in
+/// (pipeline order) and the couplings in effect there. Compared old against new to
+/// decide the coupling Events ([`coupling_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToggleCouplings {
+    pub stages: Vec<String>,
+    pub active: BTreeSet<Coupling>,
+}
+
+/// A coupled rule that became active or inactive in one stage of a toggle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CouplingChange {
+    /// The toggle's stage the rule belongs to.
+    pub stage: String,
+    pub release: String,
+    pub reached: String,
+    pub active: bool,
+}
+
+impl CouplingChange {
+    pub fn reason(&self) -> &'static str {
+        if self.active {
+            reason::COUPLING_ACTIVATED
+        } else {
+            reason::COUPLING_DEACTIVATED
+        }
+    }
+
+    pub fn message(&self) -> String {
+        if self.active {
+            format!(
+                "Release {} reached {}: its coupled rules in stage {} are active",
+                self.release, self.reached, self.stage
+            )
+        } else {
+            format!(
+                "Release {} is no longer at {} (rolled back, failed or gone): its coupled \
+                 rules in stage {} are inactive",
+                self.release, self.reached, self.stage
+            )
+        }
+    }
+}
+
+/// Coupling changes between what `before` and `after` say about one toggle: for each stage
+/// in both, each distinct `when: {release, reached}` of the spec's rules that went from
+/// inactive to active or back. Without `before` (a new toggle, or one this process has
+/// not seen yet) nothing is reported, and neither is a stage missing from `before` (a new
+/// stage is not a coupling change).
+pub fn coupling_changes(
+    spec: &FeatureToggleSpec,
+    before: Option<&ToggleCouplings>,
+    after: &ToggleCouplings,
+) -> Vec<CouplingChange> {
+    let Some(before) = before else {
+        return Vec::new();
+    };
+    let mut changes = Vec::new();
+    for stage in &after.stages {
+        if !before.stages.contains(stage) {
+            continue;
+        }
+        let Some(settings) = spec.stages.get(stage) else {
+            continue;
+        };
+        let mut seen = BTreeSet::new();
+        for when in settings.rules.iter().filter_map(|r| r.when.as_ref()) {
+            let coupling = Coupling {
+                stage: stage.clone(),
+                release: when.release.clone(),
+                reached: when.reached.clone(),
+            };
+            let (was, is) = (
+                before.active.contains(&coupling),
+                after.active.contains(&coupling),
+            );
+            if was != is && seen.insert(coupling) {
+                changes.push(CouplingChange {
+                    stage: stage.clone(),
+                    release: when.release.clone(),
+                    reached: when.reached.clone(),
+                    active: is,
+                });
+            }
+        }
+    }
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +186,53 @@ mod tests {
         assert!(!couplings.is_active(&when("billing-2.4.0", "prod")));
         assert!(!couplings.is_active(&when("billing-2.5.0", "demo")));
         assert!(!ActiveCouplings::none().is_active(&when("billing-2.4.0", "demo")));
+    }
+
+    #[test]
+    fn changes_are_per_stage_and_coupling_not_per_rule() {
+        let spec: FeatureToggleSpec = serde_json::from_value(serde_json::json!({
+            "application": "shop",
+            "variants": {"on": true, "off": false},
+            "defaultVariant": "off",
+            "stages": {
+                "demo": {"rules": [
+                    {"clients": ["a"], "variant": "on", "when": {"release": "r", "reached": "qa"}},
+                    {"clients": ["b"], "variant": "on", "when": {"release": "r", "reached": "qa"}},
+                    {"clients": ["c"], "variant": "on", "when": {"release": "r", "reached": "demo"}}
+                ]},
+                "prod": {"rules": [
+                    {"clients": ["a"], "variant": "on", "when": {"release": "r", "reached": "qa"}}
+                ]}
+            }
+        }))
+        .unwrap();
+        let coupling = |stage: &str, reached: &str| Coupling {
+            stage: stage.into(),
+            release: "r".into(),
+            reached: reached.into(),
+        };
+        let state = |stages: &[&str], active: &[Coupling]| ToggleCouplings {
+            stages: stages.iter().map(|s| (*s).to_owned()).collect(),
+            active: active.iter().cloned().collect(),
+        };
+        let before = state(&["demo"], &[coupling("demo", "demo")]);
+        let after = state(
+            &["demo", "prod"],
+            &[coupling("demo", "qa"), coupling("prod", "qa")],
+        );
+        let changes: Vec<(String, String, bool)> = coupling_changes(&spec, Some(&before), &after)
+            .into_iter()
+            .map(|c| (c.stage, c.reached, c.active))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("demo".to_owned(), "qa".to_owned(), true),
+                ("demo".to_owned(), "demo".to_owned(), false),
+            ],
+            "two rules waiting for (r, qa) are one change; prod is new, so not a change"
+        );
+        assert!(coupling_changes(&spec, None, &after).is_empty());
+        assert!(coupling_changes(&spec, Some(&after), &after).is_empty());
     }
 }

@@ -30,10 +30,10 @@ mod stage_rules;
 mod validate;
 
 pub use application::{
-    AppFlags, ApplicationInput, ApplicationPlan, Coupling, CouplingChange, Problem, StageFlagSet,
-    ToggleCouplings, coupling_changes, desired_status, plan_application,
+    AppFlags, ApplicationInput, ApplicationPlan, Problem, StageFlagSet, desired_status,
+    plan_application,
 };
-pub use couplings::ActiveCouplings;
+pub use couplings::{ActiveCouplings, Coupling, CouplingChange, ToggleCouplings, coupling_changes};
 pub use describe::describe_active_rules;
 pub use evaluate::{ErrorCode, Evaluation, EvaluationContext, EvaluationError, Reason, evaluate};
 pub use flagd::{FlagSetError, RenderedFlagSet, canonical_json, flag_set_version, render_flag_set};

@@ -22,8 +22,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use stagecoach_api::FIELD_MANAGER;
+use stagecoach_engine::toggle::ToggleCouplings;
 use stagecoach_engine::toggle::application::{
-    ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem, ToggleCouplings,
+    ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem,
 };
 use tracing::{info, warn};
 
