@@ -371,6 +371,8 @@ pub fn run_benchmarks() -> Result<()> {
         "release",
         "--bench",
         "ofrep",
+        "--bench",
+        "unrelated_pods",
     ]);
     bench
         .env("KUBECONFIG", cluster.kubeconfig())

@@ -89,8 +89,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.cache("Deployment"),
         controller::ManagedFields::ManagersOnly,
     );
-    let (pod_cache, pod_changes) =
-        controller::cached_watch(Api::<Pod>::all(client.clone()), readiness.cache("Pod"));
+    // Only the pods the operator rolled out (canary pods, and stable pods running a
+    // release) carry the rollout label: memory grows with releases, not with the cluster.
+    let (pod_cache, pod_changes) = controller::cached_watch_selected(
+        Api::<Pod>::all(client.clone()),
+        stagecoach_engine::release::rollout::ROLLOUT_LABEL,
+        readiness.cache("Pod"),
+    );
     let (revision_cache, revision_changes) = controller::cached_watch_selected(
         Api::<ControllerRevision>::all(client.clone()),
         "app.kubernetes.io/managed-by=stagecoach",

@@ -561,6 +561,17 @@ impl Operator {
             .sum())
     }
 
+    /// The operator's resident memory (VmRSS), in KiB.
+    pub fn resident_kib(&self) -> Result<u64> {
+        let pid = self.child.id().context("operator already exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS in /proc/<pid>/status")
+    }
+
     /// Where its OFREP server answers, as `http://127.0.0.1:<port>`.
     pub fn ofrep_url(&self) -> &str {
         &self.ofrep

@@ -329,7 +329,7 @@ async fn a_release_failing_only_in_prod_at_a_partial_weight_rolls_back_prod_only
     f.wait_no_canary("prod").await?;
     f.wait_pods_on("prod", OLD_IMAGE).await?;
     for stage in ["dev", "qa", "demo"] {
-        f.wait_template(stage, &with_image(f.before(stage), NEW_IMAGE))
+        f.wait_template(stage, &released(f.before(stage), NEW_IMAGE))
             .await?;
         f.wait_pods_on(stage, NEW_IMAGE).await?;
     }
@@ -386,7 +386,7 @@ async fn a_release_unhealthy_during_early_life_support_is_rolled_back() -> Resul
     f.wait_pods_on("prod", OLD_IMAGE).await?;
     for stage in ["dev", "qa", "demo"] {
         assert_eq!(stage_phase(&release, stage), Some(StagePhase::Succeeded));
-        f.wait_template(stage, &with_image(f.before(stage), NEW_IMAGE))
+        f.wait_template(stage, &released(f.before(stage), NEW_IMAGE))
             .await?;
     }
     f.wait_event(name, "Warning", "RolledBack").await?;
@@ -539,7 +539,7 @@ async fn a_newer_release_supersedes_an_older_one_at_the_stages_it_has_not_entere
     // dev ran the older release when the newer one started there; the rest ran the
     // pre-release template.
     let mut previous = f.before.clone();
-    previous.insert("dev".into(), with_image(f.before("dev"), NEW_IMAGE));
+    previous.insert("dev".into(), released(f.before("dev"), NEW_IMAGE));
     f.assert_released_everywhere(newer, NEWER_IMAGE, &previous)
         .await?;
     assert_eq!(
@@ -644,7 +644,7 @@ async fn aborting_a_release_mid_prod_rolls_prod_back() -> Result<()> {
     f.wait_pods_on("prod", OLD_IMAGE).await?;
     for stage in ["dev", "qa", "demo"] {
         assert_eq!(stage_phase(&release, stage), Some(StagePhase::Succeeded));
-        f.wait_template(stage, &with_image(f.before(stage), NEW_IMAGE))
+        f.wait_template(stage, &released(f.before(stage), NEW_IMAGE))
             .await?;
     }
     f.wait_event(name, "Warning", "RolledBack").await?;

@@ -155,7 +155,7 @@ async fn scaling_the_stable_deployment_mid_rollout_is_allowed_and_kept() -> Resu
     );
     assert_eq!(
         f.template("prod").await?,
-        with_image(f.before("prod"), NEW_IMAGE)
+        released(f.before("prod"), NEW_IMAGE)
     );
     f.finish().await
 }
@@ -255,7 +255,7 @@ async fn deleting_a_release_mid_rollout_rolls_back_and_cleans_up_even_if_the_ope
     for stage in ["dev", "qa", "demo"] {
         assert_eq!(
             f.template(stage).await?,
-            with_image(f.before(stage), NEW_IMAGE),
+            released(f.before(stage), NEW_IMAGE),
             "{stage} had succeeded and keeps the new version"
         );
     }
@@ -288,7 +288,7 @@ async fn deleting_a_release_that_ended_lets_it_go_at_once() -> Result<()> {
     for (stage, _) in STAGES {
         assert_eq!(
             f.template(stage).await?,
-            with_image(f.before(stage), NEW_IMAGE),
+            released(f.before(stage), NEW_IMAGE),
             "{stage} keeps what shipped"
         );
     }

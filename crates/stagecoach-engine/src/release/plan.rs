@@ -30,8 +30,8 @@ use super::gate::{
 };
 use super::observed::{OtherRelease, StageObservation, WorkloadObservation};
 use super::rollout::{
-    canary_replicas, canary_template, revision_name, runs_release_images, template_hash,
-    with_release_images,
+    canary_replicas, canary_template, has_rollout_label, released_template, revision_name,
+    runs_release_images, template_hash, with_release_images,
 };
 use crate::acceptance::{ACCEPTED, accepted_condition};
 use crate::admission::check_release;
@@ -733,7 +733,8 @@ impl<'a> Planner<'a> {
                 for workload in self.workloads().to_vec() {
                     let observed = self.observed(&name, &workload.deployment);
                     if let Some(stable) = &observed.stable
-                        && !runs_release_images(&stable.template, &workload)
+                        && (!runs_release_images(&stable.template, &workload)
+                            || !has_rollout_label(&stable.template))
                     {
                         self.plan.actions.push(Action::UpdateStable {
                             namespace: namespace.clone(),
@@ -1455,12 +1456,19 @@ fn static_reason(text: &str) -> &'static str {
 pub fn outside_edit(observed: &WorkloadObservation, workload: &Workload) -> Option<String> {
     let stable = observed.stable.as_ref()?;
     let recorded = observed.recorded.as_ref()?;
-    let updated = with_release_images(&recorded.template, workload);
-    if stable.template == recorded.template || stable.template == updated {
+    let released = released_template(&recorded.template, workload);
+    // Also the release's images without the rollout label: what an operator before
+    // that label left at 100 %.
+    let known = [
+        &recorded.template,
+        &released,
+        &with_release_images(&recorded.template, workload),
+    ];
+    if known.contains(&&stable.template) {
         return None;
     }
     let expected = if runs_release_images(&stable.template, workload) {
-        &updated
+        &released
     } else {
         &recorded.template
     };

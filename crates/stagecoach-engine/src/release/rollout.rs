@@ -69,9 +69,16 @@ pub fn runs_release_images(template: &Value, workload: &Workload) -> bool {
     })
 }
 
-/// The canary's pod template: the release's template with the canary label added.
-pub fn canary_template(stable_template: &Value, workload: &Workload) -> Value {
-    let mut template = with_release_images(stable_template, workload);
+/// Label on the pod template of every pod the operator rolls out: canary pods, and the
+/// stable Deployment's pods once it runs the release. The operator watches only pods that
+/// carry it, so its memory grows with what it rolls out, not with the cluster.
+pub const ROLLOUT_LABEL: &str = "stagecoach.dev/rollout";
+/// Value of [`ROLLOUT_LABEL`].
+pub const ROLLOUT_VALUE: &str = "true";
+
+/// `template` with one more pod label.
+fn with_label(template: &Value, key: &str, value: &str) -> Value {
+    let mut template = template.clone();
     if !template.get("metadata").is_some_and(Value::is_object) {
         template["metadata"] = Value::Object(serde_json::Map::new());
     }
@@ -81,8 +88,35 @@ pub fn canary_template(stable_template: &Value, workload: &Workload) -> Value {
     {
         template["metadata"]["labels"] = Value::Object(serde_json::Map::new());
     }
-    template["metadata"]["labels"][CANARY_LABEL] = Value::String(CANARY_ROLE.to_owned());
+    template["metadata"]["labels"][key] = Value::String(value.to_owned());
     template
+}
+
+/// What the stable Deployment's template becomes at 100 %: the release's images and
+/// [`ROLLOUT_LABEL`], every other field as it was.
+pub fn released_template(stable_template: &Value, workload: &Workload) -> Value {
+    with_label(
+        &with_release_images(stable_template, workload),
+        ROLLOUT_LABEL,
+        ROLLOUT_VALUE,
+    )
+}
+
+/// Whether the template carries [`ROLLOUT_LABEL`].
+pub fn has_rollout_label(template: &Value) -> bool {
+    template
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(ROLLOUT_LABEL))
+        == Some(&Value::String(ROLLOUT_VALUE.to_owned()))
+}
+
+/// The canary's pod template: the release's template with the canary label added.
+pub fn canary_template(stable_template: &Value, workload: &Workload) -> Value {
+    with_label(
+        &released_template(stable_template, workload),
+        CANARY_LABEL,
+        CANARY_ROLE,
+    )
 }
 
 /// A stable, order-independent hash of a JSON value (FNV-1a 64 over its canonical form:
@@ -126,6 +160,27 @@ mod tests {
                 image: "example/api:2".into(),
             }],
         }
+    }
+
+    #[test]
+    fn released_and_canary_templates_carry_the_rollout_label() {
+        let stable = json!({
+            "metadata": {"labels": {"app": "api"}},
+            "spec": {"containers": [{"name": "app", "image": "example/api:1"}]}
+        });
+        assert!(!has_rollout_label(&stable));
+        let released = released_template(&stable, &workload());
+        assert!(has_rollout_label(&released));
+        assert!(runs_release_images(&released, &workload()));
+        assert_eq!(released["metadata"]["labels"]["app"], "api");
+        let canary = canary_template(&stable, &workload());
+        assert!(has_rollout_label(&canary));
+        assert_eq!(canary["metadata"]["labels"][CANARY_LABEL], CANARY_ROLE);
+        // Without metadata at all, too.
+        assert!(has_rollout_label(&released_template(
+            &json!({}),
+            &workload()
+        )));
     }
 
     #[test]

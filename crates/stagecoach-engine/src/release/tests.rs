@@ -249,6 +249,8 @@ impl World {
                 } => {
                     let stage = self.stage_of(namespace);
                     stage.stable["spec"]["containers"][0]["image"] = json!(images[0].1);
+                    stage.stable["metadata"]["labels"][super::rollout::ROLLOUT_LABEL] =
+                        json!(super::rollout::ROLLOUT_VALUE);
                 }
                 Action::RestoreStable {
                     namespace,

@@ -44,24 +44,11 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(3600);
 /// Longest Event note the API accepts.
 const MAX_EVENT_NOTE: usize = 1024;
 
-/// Watches `api` into a reflector cache. Returns the cache and the stream of changed
-/// objects that drives a [`Controller`](kube::runtime::Controller). `synced` is marked
-/// when the cache has its first complete list. Managed fields are dropped before caching:
-/// nothing reads them, and they are a large part of every object.
-pub fn cached_watch<K>(
-    api: Api<K>,
-    synced: CacheSync,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    cached_watch_with(api, watcher::Config::default(), synced, ManagedFields::Drop)
-}
-
-/// [`cached_watch`] of only the objects matching a label selector.
+/// Watches the objects of `api` matching a label selector into a reflector cache.
+/// Returns the cache and the stream of changed objects that drives a
+/// [`Controller`](kube::runtime::Controller). `synced` is marked when the cache has its
+/// first complete list. Managed fields are dropped before caching: nothing reads them,
+/// and they are a large part of every object.
 pub fn cached_watch_selected<K>(
     api: Api<K>,
     labels: &str,

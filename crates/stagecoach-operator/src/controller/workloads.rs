@@ -18,7 +18,9 @@ use stagecoach_engine::release::Action;
 use stagecoach_engine::release::observed::{
     DeploymentState, PodHealth, RecordedRevision, StageObservation, WorkloadObservation,
 };
-use stagecoach_engine::release::rollout::{CANARY_LABEL, CANARY_ROLE, canary_name, revision_name};
+use stagecoach_engine::release::rollout::{
+    CANARY_LABEL, CANARY_ROLE, ROLLOUT_LABEL, ROLLOUT_VALUE, canary_name, revision_name,
+};
 
 use super::fence::{Cached, WriteFence};
 use crate::error::ReconcileError;
@@ -466,7 +468,10 @@ async fn update_stable(
         "metadata": {"name": deployment, "namespace": namespace},
         "spec": {
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
-            "template": {"spec": {"containers": containers}},
+            "template": {
+                "metadata": {"labels": {ROLLOUT_LABEL: ROLLOUT_VALUE}},
+                "spec": {"containers": containers},
+            },
         }
     });
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);

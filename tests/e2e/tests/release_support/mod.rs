@@ -157,6 +157,14 @@ pub fn repeated_steps(release: &Release) -> Vec<String> {
     repeated
 }
 
+/// What the operator makes of a stable template at 100 %: the release's image and its
+/// rollout label (it watches only pods that carry it), everything else unchanged.
+pub fn released(template: &Value, image: &str) -> Value {
+    let mut out = with_image(template, image);
+    out["metadata"]["labels"]["stagecoach.dev/rollout"] = json!("true");
+    out
+}
+
 pub fn with_image(template: &Value, image: &str) -> Value {
     let mut out = template.clone();
     for c in out["spec"]["containers"].as_array_mut().unwrap() {
@@ -432,7 +440,7 @@ impl Fixture {
         previous: &BTreeMap<String, Value>,
     ) -> Result<()> {
         for (stage, _) in STAGES {
-            self.wait_template(stage, &with_image(self.before(stage), image))
+            self.wait_template(stage, &released(self.before(stage), image))
                 .await?;
             self.wait_no_canary(stage).await?;
             self.wait_pods_on(stage, image).await?;
