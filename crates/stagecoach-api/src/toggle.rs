@@ -212,6 +212,22 @@ pub struct ToggleStageStatus {
     /// Descriptions of the rules currently in effect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_rules: Vec<String>,
+    /// Release couplings in effect in this stage: each release that has reached the
+    /// stage a `when` names, so the rules waiting for it are served. The operator
+    /// compares it with what it computes to announce CouplingActivated and
+    /// CouplingDeactivated, also after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub couplings: Vec<StageCoupling>,
+}
+
+/// A release coupling in effect: `release` has reached stage `reached`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageCoupling {
+    /// The Release named by `when.release`.
+    pub release: String,
+    /// The stage named by `when.reached`.
+    pub reached: String,
 }
 
 /// Schema of `variants`: an object of arbitrary JSON values. The API server cannot give

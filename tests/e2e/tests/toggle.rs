@@ -774,3 +774,117 @@ async fn a_flag_set_that_cannot_be_written_is_a_condition_and_is_retried() -> Re
     }
     home.delete().await
 }
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run cargo xtask test"]
+async fn a_coupling_that_changed_while_no_operator_ran_is_announced_after_the_restart() -> Result<()>
+{
+    let client = client().await?;
+    install_crds(&client).await?;
+    let home = TestNamespace::create(&client, "coupled-restart").await?;
+    let ns = home.name.clone();
+    let dev = stage_namespace(&client, &ns, "dev").await?;
+    let operator = Operator::start_ready("coupled-restart", &ns).await?;
+    let releases: Api<Release> = Api::namespaced(client.clone(), &ns);
+    let toggles: Api<FeatureToggle> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &releases,
+        json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": RELEASE},
+            "spec": {
+                "application": APP, "version": "2.0.0",
+                "workloads": [{"deployment": "api", "containers": [{"name": "api", "image": NEW_IMAGE}]}],
+                "stages": [{"name": "dev", "namespace": dev, "earlyLifeSupport": {"duration": "1h"}}]
+            }
+        }),
+    )
+    .await?;
+    apply(
+        &toggles,
+        toggle(
+            "early-access",
+            json!({
+                "application": APP,
+                "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                "stages": {"dev": {"rules": [
+                    {"clients": ["acme"], "variant": "on", "when": {"release": RELEASE, "reached": "dev"}}
+                ]}}
+            }),
+        ),
+    )
+    .await?;
+    // The release is live in dev (early life support): the coupling is in effect, and
+    // the status says so as data.
+    let coupled = eventually(Duration::from_secs(90), || async {
+        let t = toggles.get("early-access").await?;
+        let couplings = t
+            .status
+            .unwrap_or_default()
+            .stages
+            .into_iter()
+            .find(|s| s.name == "dev")
+            .map(|s| s.couplings)
+            .unwrap_or_default();
+        Ok((!couplings.is_empty()).then_some(couplings))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the coupling never took effect; log:\n{}",
+            operator.log_text()
+        )
+    })?;
+    assert_eq!(
+        (coupled[0].release.as_str(), coupled[0].reached.as_str()),
+        (RELEASE, "dev")
+    );
+
+    // The operator dies right after the release was rolled back at dev, before the
+    // toggle controller said anything: the Release's status is what it wrote.
+    operator.kill().await?;
+    let mut release = releases.get(RELEASE).await?;
+    let status = release.status.as_mut().context("status")?;
+    status.phase = Some(stagecoach_api::release::ReleasePhase::RolledBack);
+    for stage in &mut status.stages {
+        stage.phase = StagePhase::RolledBack;
+    }
+    releases
+        .replace_status(RELEASE, &PostParams::default(), &release)
+        .await?;
+
+    let operator = Operator::start_ready("coupled-restart-2", &ns).await?;
+    eventually(Duration::from_secs(60), || async {
+        Ok(events_for(&client, &ns, "early-access")
+            .await?
+            .iter()
+            .any(|r| r == "CouplingDeactivated")
+            .then_some(()))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "no CouplingDeactivated after the restart; log:\n{}",
+            operator.log_text()
+        )
+    })?;
+    let t = toggles.get("early-access").await?;
+    assert!(
+        t.status
+            .unwrap_or_default()
+            .stages
+            .iter()
+            .all(|s| s.couplings.is_empty()),
+        "the status no longer shows the coupling"
+    );
+    releases.delete(RELEASE, &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(releases.get_opt(RELEASE).await?.is_none().then_some(()))
+    })
+    .await?;
+    operator.stop().await?;
+    Api::<Namespace>::all(client.clone())
+        .delete(&dev, &DeleteParams::background())
+        .await?;
+    home.delete().await
+}

@@ -492,6 +492,7 @@ pub fn desired_status(
     let name = toggle.metadata.name.as_deref().unwrap_or_default();
     status.key = Some(toggle.flag_key().to_owned());
     let served = !plan.not_served.contains(name);
+    let couplings = plan.toggle_couplings(toggle);
     status.stages = if served {
         plan.stages
             .iter()
@@ -500,6 +501,7 @@ pub fn desired_status(
                 flag_set_version: Some(stage.version.clone()),
                 config_map: Some(stage.config_map()),
                 active_rules: describe_active_rules(&toggle.spec, &stage.name, &plan.couplings),
+                couplings: couplings.in_stage(&stage.name),
             })
             .collect()
     } else {

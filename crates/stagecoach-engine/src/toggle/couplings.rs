@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use stagecoach_api::FeatureToggleSpec;
-use stagecoach_api::toggle::ReleaseCoupling;
+use stagecoach_api::toggle::{ReleaseCoupling, StageCoupling};
+use stagecoach_api::{FeatureToggleSpec, FeatureToggleStatus};
 
 use super::application::reason;
 
@@ -89,6 +89,39 @@ pub struct Coupling {
 pub struct ToggleCouplings {
     pub stages: Vec<String>,
     pub active: BTreeSet<Coupling>,
+}
+
+impl ToggleCouplings {
+    /// The couplings in effect in `stage`, as the status lists them.
+    pub fn in_stage(&self, stage: &str) -> Vec<StageCoupling> {
+        self.active
+            .iter()
+            .filter(|c| c.stage == stage)
+            .map(|c| StageCoupling {
+                release: c.release.clone(),
+                reached: c.reached.clone(),
+            })
+            .collect()
+    }
+
+    /// What a toggle's status says: its stages and the couplings in effect there. This is
+    /// what the next coupling Events are decided against, so they survive a restart.
+    pub fn from_status(status: &FeatureToggleStatus) -> Self {
+        Self {
+            stages: status.stages.iter().map(|s| s.name.clone()).collect(),
+            active: status
+                .stages
+                .iter()
+                .flat_map(|s| {
+                    s.couplings.iter().map(|c| Coupling {
+                        stage: s.name.clone(),
+                        release: c.release.clone(),
+                        reached: c.reached.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A coupled rule that became active or inactive in one stage of a toggle.
@@ -174,6 +207,36 @@ pub fn coupling_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_carries_a_toggles_couplings_and_gives_them_back() {
+        let coupling = |stage: &str, release: &str| Coupling {
+            stage: stage.into(),
+            release: release.into(),
+            reached: "prod".into(),
+        };
+        let couplings = ToggleCouplings {
+            stages: vec!["dev".into(), "prod".into()],
+            active: [coupling("prod", "shop-1"), coupling("prod", "shop-2")].into(),
+        };
+        assert!(couplings.in_stage("dev").is_empty());
+        let status = FeatureToggleStatus {
+            stages: couplings
+                .stages
+                .iter()
+                .map(|name| stagecoach_api::toggle::ToggleStageStatus {
+                    name: name.clone(),
+                    flag_set_version: None,
+                    config_map: None,
+                    active_rules: Vec::new(),
+                    couplings: couplings.in_stage(name),
+                })
+                .collect(),
+            ..FeatureToggleStatus::default()
+        };
+        assert_eq!(status.stages[1].couplings.len(), 2);
+        assert_eq!(ToggleCouplings::from_status(&status), couplings);
+    }
 
     #[test]
     fn a_coupling_is_active_only_for_its_release_and_stage() {

@@ -205,8 +205,6 @@ async fn reconcile_toggle(
     };
     if status_unchanged(toggle, &desired) {
         debug!("status up to date");
-        // The first reconcile after a start: what the status shows is the baseline.
-        remember_couplings(ctx, &app, toggle, couplings);
         return finish(Action::requeue(requeue));
     }
 
@@ -225,7 +223,9 @@ async fn reconcile_toggle(
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     announce_acceptance(&ctx.base, &reference, before, &desired.conditions).await?;
     announce_readiness(ctx, &reference, current, &desired).await;
-    let before = remember_couplings(ctx, &app, toggle, couplings.clone());
+    // What the status showed (the cache keeps each coupled toggle's stages and
+    // couplings), so transitions while no operator ran are announced too.
+    let before = current.map(ToggleCouplings::from_status);
     for change in coupling_changes(&toggle.spec, before.as_ref(), &couplings) {
         info!(release = %change.release, reached = %change.reached, stage = %change.stage,
             active = change.active, "coupling changed");
@@ -249,28 +249,6 @@ async fn reconcile_toggle(
         .await;
     }
     finish(Action::requeue(requeue))
-}
-
-/// Records `couplings` as what `toggle`'s status shows now, and returns what it showed
-/// before (None when this process has not seen the toggle's status yet). Toggles without
-/// a coupled rule are not kept: they never have a coupling change.
-fn remember_couplings(
-    ctx: &ToggleContext,
-    app: &AppKey,
-    toggle: &FeatureToggle,
-    couplings: ToggleCouplings,
-) -> Option<ToggleCouplings> {
-    let kept = has_coupled_rule(toggle).then_some(couplings);
-    ctx.applications
-        .remember_couplings(app, &toggle.name_any(), kept)
-}
-
-fn has_coupled_rule(toggle: &FeatureToggle) -> bool {
-    toggle
-        .spec
-        .stages
-        .values()
-        .any(|stage| stage.rules.iter().any(|rule| rule.when.is_some()))
 }
 
 /// The application's plan at `epoch`, with the flag sets' JSON when it is new; or how
@@ -305,13 +283,6 @@ async fn current_plan(
     }
     let (plan, documents) = plan_application(&input);
     debug!(application = %app, stages = plan.stages.len(), "application planned");
-    // Toggles gone from the application are forgotten.
-    let names: std::collections::HashSet<&str> = toggles
-        .iter()
-        .filter_map(|t| t.metadata.name.as_deref())
-        .collect();
-    ctx.applications
-        .retain_couplings(app, |name| names.contains(name));
     let plan = Arc::new(plan);
     ctx.index
         .publish(&app.namespace, &app.application, plan.index.clone());

@@ -28,9 +28,23 @@ pub fn compact_for_cache(toggle: &mut FeatureToggle) {
         for condition in &mut status.conditions {
             condition.message = String::new();
         }
-        // What is served per stage is planned, never read back (coupling changes are
-        // compared as data in the controller's memory, see `controller::toggle`).
-        status.stages = Vec::new();
+        // What is served per stage is planned, never read back, except a coupled
+        // toggle's stages and couplings: the next coupling Events are decided against
+        // them (see `controller::toggle`). Nothing else is kept.
+        let coupled = toggle
+            .spec
+            .stages
+            .values()
+            .any(|stage| stage.rules.iter().any(|rule| rule.when.is_some()));
+        if coupled {
+            for stage in &mut status.stages {
+                stage.flag_set_version = None;
+                stage.config_map = None;
+                stage.active_rules = Vec::new();
+            }
+        } else {
+            status.stages = Vec::new();
+        }
         status.cache_digest = Some(digest);
     }
 }
@@ -50,7 +64,9 @@ mod tests {
     use serde_json::json;
     use stagecoach_api::condition::{self, ConditionStatus};
     use stagecoach_engine::toggle::application::READY;
-    use stagecoach_engine::toggle::{ApplicationInput, desired_status, plan_application};
+    use stagecoach_engine::toggle::{
+        ApplicationInput, ToggleCouplings, desired_status, plan_application,
+    };
 
     use super::*;
     use stagecoach_api::Release;
@@ -98,7 +114,21 @@ mod tests {
             condition::find(&compact.conditions, READY).unwrap().status,
             ConditionStatus::True
         );
-        assert!(compact.stages.is_empty());
+        // A coupled toggle keeps its stages' names and couplings (what the next coupling
+        // Events are decided against), nothing else of them.
+        assert_eq!(
+            ToggleCouplings::from_status(&compact),
+            ToggleCouplings::from_status(&status)
+        );
+        assert!(compact.stages.iter().all(|s| s.flag_set_version.is_none()
+            && s.config_map.is_none()
+            && s.active_rules.is_empty()));
+        // An uncoupled toggle keeps none.
+        let mut plain = cached.clone();
+        plain.spec.stages = Default::default();
+        plain.status = Some(status.clone());
+        compact_for_cache(&mut plain);
+        assert!(plain.status.unwrap().stages.is_empty());
 
         // Planning again from the compact status gives the same status: no write.
         let again = desired_status(&cached, &plan, &[], at(60));

@@ -22,7 +22,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use stagecoach_api::FIELD_MANAGER;
-use stagecoach_engine::toggle::ToggleCouplings;
 use stagecoach_engine::toggle::application::{
     ApplicationPlan, FLAG_SET_CONFIG_MAP, FLAG_SET_KEY, Problem,
 };
@@ -158,16 +157,9 @@ impl AppState {
 /// application reconcile one at a time through the planning and ConfigMap step (so the
 /// plan is computed once and each ConfigMap written once), different applications in
 /// parallel.
-///
-/// Beside them, behind a plain lock (held for a map operation, never across a write): per
-/// application, toggle name -> the couplings in effect as of the toggle's status (written,
-/// or found up to date), what its next coupling Events are decided against. Only toggles
-/// with a coupled rule are kept. Lost on restart, which costs the coupling Events of
-/// transitions while no operator ran (the statuses are still brought up to date).
 #[derive(Debug, Default)]
 pub struct Applications {
     states: Mutex<HashMap<AppKey, Arc<tokio::sync::Mutex<AppState>>>>,
-    couplings: Mutex<HashMap<AppKey, HashMap<String, ToggleCouplings>>>,
 }
 
 impl Applications {
@@ -200,54 +192,6 @@ impl Applications {
     pub fn forget(&self, key: &AppKey) {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.remove(key);
-        drop(states);
-        let mut couplings = self
-            .couplings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        couplings.remove(key);
-    }
-
-    /// Records `couplings` as what the status of `toggle` (of application `key`) shows
-    /// now, or forgets the toggle (None: it has no coupled rule); returns what was
-    /// recorded before (None when this process has not seen the toggle's status yet).
-    pub fn remember_couplings(
-        &self,
-        key: &AppKey,
-        toggle: &str,
-        couplings: Option<ToggleCouplings>,
-    ) -> Option<ToggleCouplings> {
-        let mut all = self
-            .couplings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(couplings) = couplings {
-            return all
-                .entry(key.clone())
-                .or_default()
-                .insert(toggle.to_owned(), couplings);
-        }
-        let by_toggle = all.get_mut(key)?;
-        let before = by_toggle.remove(toggle);
-        if by_toggle.is_empty() {
-            all.remove(key);
-        }
-        before
-    }
-
-    /// Forgets the couplings of the toggles of `key` for which `keep` is false (toggles
-    /// gone from the application).
-    pub fn retain_couplings(&self, key: &AppKey, keep: impl Fn(&str) -> bool) {
-        let mut all = self
-            .couplings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(by_toggle) = all.get_mut(key) {
-            by_toggle.retain(|name, _| keep(name));
-            if by_toggle.is_empty() {
-                all.remove(key);
-            }
-        }
     }
 }
 
@@ -467,34 +411,5 @@ mod tests {
             n += 1;
         }
         assert_eq!(now - 1_000, 2_000, "planned once MAX_SETTLE had passed");
-    }
-
-    #[test]
-    fn couplings_are_remembered_per_toggle_until_it_or_its_application_goes() {
-        let apps = Applications::default();
-        let shop = AppKey::new("team", "shop");
-        let couplings = |stages: &[&str]| ToggleCouplings {
-            stages: stages.iter().map(|s| (*s).to_owned()).collect(),
-            active: std::collections::BTreeSet::new(),
-        };
-        assert_eq!(
-            apps.remember_couplings(&shop, "a", Some(couplings(&["dev"]))),
-            None
-        );
-        assert_eq!(
-            apps.remember_couplings(&shop, "a", Some(couplings(&["dev", "qa"]))),
-            Some(couplings(&["dev"]))
-        );
-        apps.remember_couplings(&shop, "b", Some(couplings(&[])));
-        apps.retain_couplings(&shop, |name| name == "a");
-        assert_eq!(apps.remember_couplings(&shop, "b", None), None);
-        assert_eq!(
-            apps.remember_couplings(&shop, "a", None),
-            Some(couplings(&["dev", "qa"])),
-            "a toggle without coupled rules is forgotten"
-        );
-        apps.remember_couplings(&shop, "a", Some(couplings(&[])));
-        apps.forget(&shop);
-        assert_eq!(apps.remember_couplings(&shop, "a", None), None);
     }
 }
