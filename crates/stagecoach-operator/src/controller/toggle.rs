@@ -8,7 +8,7 @@
 //! ([`plan_application`], once per change of the application's inputs, shared by all its
 //! toggles; then the toggle's status and couplings) -> apply (ConfigMaps that differ, the
 //! OFREP index, the status if it changed, Events for coupling changes, decided by
-//! [`coupling_changes`] from the couplings remembered for the toggle and the new ones).
+//! [`coupling_changes`] from the couplings its status showed and the new ones).
 //! See [`triggers`] for what re-reconciles a toggle besides its own changes, and
 //! [`flagsets`] for how ConfigMaps are owned and cleaned up.
 //!
