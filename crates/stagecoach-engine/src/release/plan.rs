@@ -1025,17 +1025,7 @@ impl<'a> Planner<'a> {
                 kept.join(", ")
             );
         }
-        let now = self.now();
-        let stage = &mut self.status.stages[index];
-        stage.phase = StagePhase::Failed;
-        stage.finished_at = Some(now);
-        stage.weight = Some(0);
-        stage.message = Some(message.clone());
-        self.skip_from(index + 1);
-        self.plan.status_first = true;
-        self.plan
-            .stage_transitions
-            .push((name.clone(), StagePhase::Failed));
+        let now = self.end_stage(index, StagePhase::Failed, &message);
         self.status.timeline.push(TimelineEntry {
             at: now,
             stage: Some(name.clone()),
@@ -1187,24 +1177,14 @@ impl<'a> Planner<'a> {
                 kept.join(", ")
             )
         };
-        let now = self.now();
-        let stage = &mut self.status.stages[index];
-        stage.phase = StagePhase::RolledBack;
-        stage.finished_at = Some(now);
-        stage.weight = Some(0);
-        stage.message = Some(message.clone());
+        let now = self.end_stage(index, StagePhase::RolledBack, &message);
         self.status.rollbacks.push(RollbackRecord {
             at: now,
             stage: name.clone(),
             reason: why.to_owned(),
             message: message.clone(),
         });
-        self.skip_from(index + 1);
-        self.plan.status_first = true;
         self.plan.rollback_reason = Some(why);
-        self.plan
-            .stage_transitions
-            .push((name.clone(), StagePhase::RolledBack));
         self.record(
             Some(&name),
             reason::ROLLED_BACK,
@@ -1216,6 +1196,22 @@ impl<'a> Planner<'a> {
             ReleasePhase::RolledBack,
             format!("stage {name} rolled back ({why})"),
         );
+    }
+
+    /// Ends the stage at `index` badly (`RolledBack` or `Failed`) and skips the stages
+    /// after it; the decision is written before any action. Returns the time it ended.
+    fn end_stage(&mut self, index: usize, phase: StagePhase, message: &str) -> DateTime<Utc> {
+        let now = self.now();
+        let stage = &mut self.status.stages[index];
+        stage.phase = phase;
+        stage.finished_at = Some(now);
+        stage.weight = Some(0);
+        stage.message = Some(message.to_owned());
+        let name = stage.name.clone();
+        self.skip_from(index + 1);
+        self.plan.status_first = true;
+        self.plan.stage_transitions.push((name, phase));
+        now
     }
 
     /// The actions that put a stage back on its recorded revision; none when it already is.
