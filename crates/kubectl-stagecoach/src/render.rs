@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use kube::ResourceExt;
 use stagecoach_api::Release;
 use stagecoach_api::condition::{self, ConditionStatus};
+use stagecoach_api::release::ReleasePhase;
 use stagecoach_engine::release::plan::reason;
 use stagecoach_engine::release::promote;
 
@@ -19,15 +20,13 @@ pub fn status_table(releases: &[Release]) -> String {
     );
     for release in releases {
         let status = release.status.clone().unwrap_or_default();
-        let phase = status
-            .phase
-            .map_or_else(|| "-".to_owned(), |p| format!("{p:?}"));
+        let phase = status.phase.map_or("-", ReleasePhase::as_str);
         let stages = status
             .stages
             .iter()
             .map(|s| {
                 let weight = s.weight.map(|w| format!(" {w}%")).unwrap_or_default();
-                format!("{}:{:?}{weight}", s.name, s.phase)
+                format!("{}:{}{weight}", s.name, s.phase.as_str())
             })
             .collect::<Vec<_>>()
             .join("  ");
@@ -111,8 +110,8 @@ pub fn history(release: &Release) -> String {
     if let Some(record) = status.closing_record {
         let _ = writeln!(
             out,
-            "closed {:?} at {}; lead time {}",
-            record.outcome,
+            "closed {} at {}; lead time {}",
+            record.outcome.as_str(),
             record.completed_at.format(TIME),
             record
                 .lead_time_seconds

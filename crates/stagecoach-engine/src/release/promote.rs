@@ -165,7 +165,7 @@ pub fn describe(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> String {
         }
         Position::Ended(phase) => {
             return match phase {
-                Some(p) => format!("finished ({p:?})"),
+                Some(p) => format!("finished ({})", p.as_str()),
                 None => "finished".into(),
             };
         }
