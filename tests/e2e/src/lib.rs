@@ -58,6 +58,24 @@ pub fn read_manifests(path: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(docs)
 }
 
+/// Server-side applies `doc` (a manifest with `metadata.name`) through `api`, as the
+/// field manager `stagecoach-e2e`, forcing conflicts: what `kubectl apply --server-side`
+/// does.
+pub async fn apply<K>(api: &Api<K>, doc: serde_json::Value) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = doc["metadata"]["name"].as_str().context("name")?.to_owned();
+    api.patch(
+        &name,
+        &PatchParams::apply("stagecoach-e2e").force(),
+        &Patch::Apply(&doc),
+    )
+    .await
+    .with_context(|| format!("applying {name}"))?;
+    Ok(())
+}
+
 /// Installs everything in `crds/` (the CRDs and the admission policy; server-side apply,
 /// idempotent), waits until the CRDs are Established and the policy is enforced.
 pub async fn install_crds(client: &Client) -> Result<()> {

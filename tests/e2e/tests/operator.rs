@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use stagecoach_e2e::{Operator, TestNamespace, client, eventually, install_crds};
+use stagecoach_e2e::{Operator, TestNamespace, apply, client, eventually, install_crds};
 
 fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("stagecoach.dev", "v1alpha1", kind));
@@ -27,18 +27,6 @@ fn condition(obj: &DynamicObject, type_: &str) -> Option<Value> {
         .iter()
         .find(|c| c["type"] == type_)
         .cloned()
-}
-
-async fn apply(api: &Api<DynamicObject>, doc: Value) -> Result<()> {
-    let name = doc["metadata"]["name"].as_str().context("name")?.to_owned();
-    let obj: DynamicObject = serde_json::from_value(doc)?;
-    api.patch(
-        &name,
-        &PatchParams::apply("stagecoach-e2e").force(),
-        &Patch::Apply(&obj),
-    )
-    .await?;
-    Ok(())
 }
 
 #[tokio::test]

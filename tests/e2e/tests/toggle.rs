@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use stagecoach_api::release::StagePhase;
 use stagecoach_api::{FeatureToggle, Release};
 use stagecoach_e2e::{
-    E2E_LABEL, Operator, TestNamespace, client, eventually, install_crds, repo_root,
+    E2E_LABEL, Operator, TestNamespace, apply, client, eventually, install_crds, repo_root,
 };
 use stagecoach_engine::toggle::{
     ActiveCouplings, EvaluationContext, canonical_json, evaluate, render_flag_set,
@@ -123,21 +123,6 @@ async fn stage_namespace(client: &kube::Client, home: &str, stage: &str) -> Resu
         .create(&PostParams::default(), &deployment)
         .await?;
     Ok(name)
-}
-
-async fn apply<K>(api: &Api<K>, doc: Value) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let name = doc["metadata"]["name"].as_str().context("name")?.to_owned();
-    api.patch(
-        &name,
-        &PatchParams::apply("stagecoach-e2e").force(),
-        &Patch::Apply(&doc),
-    )
-    .await
-    .with_context(|| format!("applying {name}"))?;
-    Ok(())
 }
 
 fn toggle(name: &str, spec: Value) -> Value {

@@ -14,23 +14,10 @@ use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use stagecoach_e2e::{TestNamespace, client, deployment, eventually};
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn waiting_reason(pod: &Pod) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find_map(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
-}
+use stagecoach_e2e::{
+    TestNamespace, client, deployment, eventually, pod_is_ready as is_ready,
+    pod_waiting_reason as waiting_reason,
+};
 
 async fn create_deployment(
     api: &Api<Deployment>,
