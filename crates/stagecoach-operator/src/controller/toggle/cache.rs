@@ -124,11 +124,11 @@ mod tests {
             && s.config_map.is_none()
             && s.active_rules.is_empty()));
         // An uncoupled toggle keeps none.
-        let mut plain = cached.clone();
-        plain.spec.stages = Default::default();
-        plain.status = Some(status.clone());
-        compact_for_cache(&mut plain);
-        assert!(plain.status.unwrap().stages.is_empty());
+        let mut uncoupled = cached.clone();
+        uncoupled.spec.stages = stagecoach_api::sorted_map::SortedMap::default();
+        uncoupled.status = Some(status.clone());
+        compact_for_cache(&mut uncoupled);
+        assert!(uncoupled.status.unwrap().stages.is_empty());
 
         // Planning again from the compact status gives the same status: no write.
         let again = desired_status(&cached, &plan, &[], at(60));
