@@ -1,5 +1,6 @@
-//! The Helm chart renders with a real helm and everything it renders is accepted by the
-//! real API server (server-side dry-run); the operator's pod passes the Pod Security
+//! The Helm chart renders with a real helm and everything it renders, the optional parts
+//! (ServiceMonitor, PodMonitor, NetworkPolicy, Grafana dashboard) included, is accepted by
+//! the real API server (server-side dry-run); the operator's pod passes the Pod Security
 //! "restricted" profile, enforced by the API server's admission; and the operator does
 //! its work (a release rolled out, a toggle's flag set written, Events) with nothing but
 //! the chart's ClusterRole.
@@ -15,13 +16,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use serde_json::{Value, json};
 use stagecoach_e2e::{
-    E2E_LABEL, Operator, Pipeline, TestNamespace, client, eventually, install_crds,
-    release_manifest, repo_root,
+    E2E_LABEL, Operator, Pipeline, TestNamespace, apply, client, eventually, install_crds,
+    read_manifests, release_manifest, repo_root,
 };
 
 fn helm() -> Result<PathBuf> {
@@ -87,19 +89,214 @@ async fn dry_run_apply(client: &kube::Client, doc: &Value, namespace: &str) -> R
     Ok(())
 }
 
+/// The prometheus-operator CRDs (ServiceMonitor, PodMonitor) vendored in
+/// `tests/e2e/fixtures/prometheus-operator/`, server-side applied (idempotent), waited for
+/// until Established.
+async fn install_monitoring_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = repo_root().join("tests/e2e/fixtures/prometheus-operator");
+    for file in [
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_podmonitors.yaml",
+    ] {
+        for doc in read_manifests(&dir.join(file))? {
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .context("CRD name")?
+                .to_owned();
+            apply(&api, doc).await?;
+            eventually(Duration::from_secs(30), || async {
+                let crd = api.get(&name).await?;
+                Ok(crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(()))
+            })
+            .await
+            .with_context(|| format!("CRD {name} never became Established"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every optional part of the chart switched on, with the lists that have their own
+/// template branches filled in.
+const ALL_OPTIONAL_PARTS: [&str; 14] = [
+    "--set",
+    "serviceMonitor.enabled=true,podMonitor.enabled=true,networkPolicy.enabled=true,dashboard.enabled=true",
+    "--set",
+    "serviceMonitor.labels.release=prometheus,podMonitor.labels.release=prometheus,dashboard.annotations.grafana_folder=Stagecoach",
+    "--set-json",
+    r#"serviceMonitor.metricRelabelings=[{"sourceLabels":["__name__"],"regex":"go_.*","action":"drop"}]"#,
+    "--set-json",
+    r#"podMonitor.relabelings=[{"sourceLabels":["__meta_kubernetes_pod_node_name"],"targetLabel":"node"}]"#,
+    "--set-json",
+    r#"networkPolicy.extraEgress=[{"to":[{"ipBlock":{"cidr":"10.20.0.0/16"}}],"ports":[{"port":443,"protocol":"TCP"}]}]"#,
+    "--set-json",
+    r#"networkPolicy.extraIngress=[{"from":[{"podSelector":{"matchLabels":{"app":"debug"}}}],"ports":[{"port":8080,"protocol":"TCP"}]}]"#,
+    "--set-json",
+    r#"networkPolicy.metrics.podSelector={"matchLabels":{"app.kubernetes.io/name":"prometheus"}}"#,
+];
+
+/// The optional parts in a rendering: the monitors, the NetworkPolicy and the dashboard
+/// ConfigMap (the one labelled for Grafana's sidecar).
+fn optional_parts(docs: &[Value]) -> Vec<&str> {
+    docs.iter()
+        .filter_map(|d| match d["kind"].as_str()? {
+            kind @ ("ServiceMonitor" | "PodMonitor" | "NetworkPolicy") => Some(kind),
+            "ConfigMap" if d["metadata"]["labels"]["grafana_dashboard"].is_string() => {
+                Some("dashboard ConfigMap")
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What the optional parts must say, beyond being accepted by the API server.
+fn check_optional_parts(docs: &[Value]) -> Result<()> {
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .with_context(|| format!("no {kind} rendered"))
+    };
+    let pod_labels = &find("Deployment")?["spec"]["template"]["metadata"]["labels"];
+    let selects_the_operator = |selector: &Value| {
+        selector
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &pod_labels[k] == v))
+    };
+    // Both monitors scrape the operator's pods on the admin port.
+    let service_monitor = find("ServiceMonitor")?;
+    assert_eq!(service_monitor["spec"]["endpoints"][0]["port"], "admin");
+    assert_eq!(
+        service_monitor["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+    let pod_monitor = find("PodMonitor")?;
+    assert!(
+        selects_the_operator(&pod_monitor["spec"]["selector"]["matchLabels"]),
+        "{pod_monitor}"
+    );
+    assert_eq!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]["port"], "admin",
+        "the PodMonitor scrapes the container port named admin"
+    );
+
+    // The NetworkPolicy: the operator's pods; OFREP only from labelled namespaces.
+    let policy = find("NetworkPolicy")?;
+    let spec = &policy["spec"];
+    assert!(
+        selects_the_operator(&spec["podSelector"]["matchLabels"]),
+        "{policy}"
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    let ingress = spec["ingress"].as_array().context("ingress")?;
+    let ofrep = ingress
+        .iter()
+        .find(|r| r["ports"] == json!([{"port": 8081, "protocol": "TCP"}]))
+        .context("no ingress rule for the OFREP port")?;
+    assert_eq!(
+        ofrep["from"],
+        json!([{"namespaceSelector": {"matchLabels": {"stagecoach.dev/ofrep-client": "true"}}}]),
+        "OFREP only from the labelled namespaces"
+    );
+    assert!(
+        ingress
+            .iter()
+            .all(|r| r["ports"].as_array().is_some_and(|p| !p.is_empty())),
+        "every ingress rule names its ports: {policy}"
+    );
+    let egress = spec["egress"].as_array().context("egress")?;
+    let egress_ports = |rule: &Value| -> Vec<i64> {
+        rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_i64())
+            .collect()
+    };
+    assert!(
+        egress.iter().any(|r| egress_ports(r) == [53, 53]),
+        "DNS allowed: {policy}"
+    );
+    assert!(
+        egress.iter().any(|r| egress_ports(r) == [443, 6443]),
+        "the API server allowed: {policy}"
+    );
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["to"][0]["ipBlock"]["cidr"] == "10.20.0.0/16"),
+        "networkPolicy.extraEgress rendered: {policy}"
+    );
+
+    // The dashboard: the chart's JSON file, labelled for Grafana's sidecar.
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .context("no ConfigMap labelled grafana_dashboard: \"1\"")?;
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        config_map["metadata"]["annotations"]["grafana_folder"],
+        "Stagecoach"
+    );
+    let shipped: Value = serde_json::from_str(
+        config_map["data"]["stagecoach.json"]
+            .as_str()
+            .context("no stagecoach.json in the dashboard ConfigMap")?,
+    )
+    .context("the dashboard in the ConfigMap is not valid JSON")?;
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(
+        repo_root().join("charts/stagecoach/dashboards/stagecoach.json"),
+    )?)?;
+    assert_eq!(
+        shipped, file,
+        "the ConfigMap carries the chart's dashboard file"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "needs the test control plane and helm: run `cargo xtask test`"]
 async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
+    install_monitoring_crds(&client).await?;
     let ns = TestNamespace::create(&client, "chart").await?;
     let watch_one = format!("watchNamespace={}", ns.name);
-    for values in [
-        vec![],
-        vec!["--set", watch_one.as_str(), "--set", "logFormat=text"],
+    // (values, whether they switch the optional parts on)
+    for (values, optional) in [
+        (vec![], false),
+        (
+            vec!["--set", watch_one.as_str(), "--set", "logFormat=text"],
+            false,
+        ),
+        (ALL_OPTIONAL_PARTS.to_vec(), true),
     ] {
         let docs = render(&ns.name, &values)?;
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        let expected: &[&str] = if optional {
+            &[
+                "NetworkPolicy",
+                "PodMonitor",
+                "ServiceMonitor",
+                "dashboard ConfigMap",
+            ]
+        } else {
+            &[]
+        };
+        let mut parts = optional_parts(&docs);
+        parts.sort_unstable();
+        assert_eq!(
+            parts, expected,
+            "the optional parts are rendered when enabled and only then; values {values:?}"
+        );
+        if optional {
+            check_optional_parts(&docs)?;
+        }
         for expected in [
             "CustomResourceDefinition",
             "ServiceAccount",
