@@ -1425,10 +1425,73 @@ impl<'a> Planner<'a> {
                 now,
             ),
         );
+        let (reconciling, stalled) = self.kstatus(accepted);
+        for (kind, value) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+            set_abnormal(&mut self.status.conditions, kind, value, generation, now);
+        }
         let current = self.status.current_stage.clone();
         self.status.current_weight = current
             .and_then(|c| self.status.stages.iter().find(|s| s.name == c))
             .and_then(|s| s.weight);
+    }
+
+    /// The kstatus conditions, as (reason, message) while true: `Reconciling` while the
+    /// operator moves the release on by itself (phase Progressing: a step, a timed pause,
+    /// waiting for another release or for a Deployment to appear); `Stalled` while it
+    /// cannot without a person (the spec is not accepted, an outside edit holds the
+    /// release, it was rolled back or failed). Neither while it waits on purpose (paused,
+    /// a pause without duration: `Ready=False`), in early life support (deployed and
+    /// watched: `Ready=True`), or when it ended well.
+    fn kstatus(&self, accepted: bool) -> (Abnormal, Abnormal) {
+        let message = self.status.message.clone().unwrap_or_default();
+        if !accepted {
+            let (why, text) = condition::find(&self.status.conditions, ACCEPTED).map_or_else(
+                || (reason::INVALID_SPEC.to_owned(), message.clone()),
+                |c| (c.reason.clone(), c.message.clone()),
+            );
+            return (None, Some((why, text)));
+        }
+        match (self.status.phase, &self.degraded) {
+            (Some(ReleasePhase::Progressing), degraded) => {
+                let why = degraded.as_ref().map_or(reason::STEP_IN_PROGRESS, |d| d.0);
+                (Some((why.to_owned(), message)), None)
+            }
+            (Some(ReleasePhase::Paused), Some((why, text))) if *why == reason::OUTSIDE_EDIT => {
+                (None, Some(((*why).to_owned(), text.clone())))
+            }
+            (Some(ReleasePhase::RolledBack | ReleasePhase::Failed), _) => {
+                let (why, text) = self.failure();
+                let text = if text.is_empty() { message } else { text };
+                (None, Some((why.to_owned(), text)))
+            }
+            _ => (None, None),
+        }
+    }
+}
+
+/// kstatus condition: the operator is working toward the desired state.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus condition: the operator cannot reach the desired state without a person.
+pub const STALLED: &str = "Stalled";
+
+/// An "abnormal-true" condition's (reason, message) while it is true.
+type Abnormal = Option<(String, String)>;
+
+/// Sets an "abnormal-true" condition (kstatus): present with status True while `value` is
+/// `Some((reason, message))`, absent otherwise.
+fn set_abnormal(
+    conditions: &mut Vec<Condition>,
+    kind: &str,
+    value: Abnormal,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    match value {
+        Some((why, message)) => condition::upsert(
+            conditions,
+            Condition::new(kind, ConditionStatus::True, &why, message, generation, now),
+        ),
+        None => conditions.retain(|c| c.r#type != kind),
     }
 }
 

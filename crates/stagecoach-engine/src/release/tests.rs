@@ -1365,3 +1365,249 @@ fn a_promote_of_a_passed_pause_is_reported_when_the_release_waits_at_the_next_on
     assert!(in_early_life(&status), "{:?}", status.message);
     assert!(ignored_events(&events).is_empty(), "{events:?}");
 }
+
+// ----- kstatus: Reconciling and Stalled, present only while True ------------------------
+
+/// (Reconciling reason, Stalled reason) of a status; `None` when the condition is absent.
+/// Panics if either is present with a status other than True (they are abnormal-true).
+fn kstatus(status: &ReleaseStatus) -> (Option<String>, Option<String>) {
+    let find = |kind: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.r#type == kind)
+            .map(|c| {
+                assert_eq!(
+                    c.status,
+                    stagecoach_api::condition::ConditionStatus::True,
+                    "{kind} is present only while True: {c:?}"
+                );
+                assert_eq!(c.observed_generation, Some(1), "{c:?}");
+                c.reason.clone()
+            })
+    };
+    let both = (find(super::plan::RECONCILING), find(super::plan::STALLED));
+    assert!(
+        both.0.is_none() || both.1.is_none(),
+        "never Reconciling and Stalled at once: {both:?}"
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    both
+}
+
+fn ready_status(status: &ReleaseStatus) -> stagecoach_api::condition::ConditionStatus {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Ready")
+        .unwrap()
+        .status
+}
+
+#[test]
+fn reconciling_is_present_exactly_while_the_release_moves_by_itself() {
+    use stagecoach_api::condition::ConditionStatus;
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    let run = drive(&spec, World::new(), &[], |_, _| {});
+    let mut seen = std::collections::BTreeSet::new();
+    for plan in &run.plans {
+        let phase = plan.status.phase.unwrap();
+        let (reconciling, stalled) = kstatus(&plan.status);
+        assert_eq!(stalled, None, "a good release never stalls ({phase:?})");
+        let expected = match phase {
+            ReleasePhase::Progressing => Some(reason::STEP_IN_PROGRESS.to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            reconciling, expected,
+            "{phase:?}: {:?}",
+            plan.status.message
+        );
+        if phase == ReleasePhase::EarlyLifeSupport {
+            assert_eq!(ready_status(&plan.status), ConditionStatus::True);
+        }
+        seen.insert(phase.as_str());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["EarlyLifeSupport", "Progressing", "Succeeded"]
+    );
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one table: each case is built, then checked in one loop
+fn kstatus_conditions_table() {
+    use stagecoach_api::condition::ConditionStatus;
+    let none = BTreeMap::new();
+    let rolled_back = drive(
+        &spec("shop/api:2.0.0-bad", canary_steps()),
+        World::new(),
+        &[],
+        |_, _| {},
+    )
+    .status
+    .unwrap();
+    let mut paused = spec("shop/api:2.0.0", canary_steps());
+    paused.paused = true;
+    let mut invalid = spec("shop/api:2.0.0", canary_steps());
+    invalid.version = "two".into();
+    let open_pause_spec = spec(
+        "shop/api:2.0.0",
+        vec![weight(20), open_pause(), weight(100)],
+    );
+    let (_, at_open_pause, _) = run_until(&open_pause_spec, World::new(), |_, s| {
+        s.phase == Some(ReleasePhase::Paused)
+    });
+    let older = OtherRelease {
+        name: "shop-1.9.0".into(),
+        created: t0() - chrono::Duration::minutes(1),
+        phase: Some(ReleasePhase::Progressing),
+        stages: vec![("dev".into(), StagePhase::Progressing)],
+        accepted: true,
+    };
+    let waiting = plan_once(
+        &spec("shop/api:2.0.0", canary_steps()),
+        None,
+        &World::new(),
+        t0(),
+        std::slice::from_ref(&older),
+        &none,
+    )
+    .status;
+    let missing = {
+        let spec = spec("shop/api:2.0.0", canary_steps());
+        let observed = BTreeMap::new();
+        let gates = BTreeMap::new();
+        plan_release(&PlanInput {
+            name: "shop-2.0.0",
+            generation: Some(1),
+            created: t0(),
+            annotations: &none,
+            spec: &spec,
+            status: None,
+            observed: &observed,
+            gate_measurements: &gates,
+            others: &[],
+            deleting: false,
+            now: t0(),
+        })
+        .status
+    };
+    let outside_edit = {
+        let spec = spec("shop/api:2.0.0", vec![weight(10), weight(100)]);
+        let (mut world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+        world.stages.get_mut("prod").unwrap().stable = template("shop/api:1.0.1-hotfix");
+        plan_once(&spec, Some(&status), &world, now, &[], &none).status
+    };
+    let reverted = {
+        // The same world as the outside edit above, with the edit reverted.
+        let spec = spec("shop/api:2.0.0", vec![weight(10), weight(100)]);
+        let (world, _, now) = run_until(&spec, World::new(), prod_canary_running);
+        plan_once(&spec, Some(&outside_edit), &world, now, &[], &none).status
+    };
+    let s = |x: &str| Some(x.to_owned());
+    let table: Vec<(
+        &str,
+        ReleaseStatus,
+        Option<String>,
+        Option<String>,
+        ConditionStatus,
+    )> = vec![
+        (
+            "rolled back: stalled with the rollback's reason",
+            rolled_back,
+            None,
+            s(reason::GATE_FAILED),
+            ConditionStatus::False,
+        ),
+        (
+            "paused on purpose: neither",
+            plan_once(&paused, None, &World::new(), t0(), &[], &none).status,
+            None,
+            None,
+            ConditionStatus::False,
+        ),
+        (
+            "waiting for promotion: neither",
+            at_open_pause,
+            None,
+            None,
+            ConditionStatus::False,
+        ),
+        (
+            "spec not accepted: stalled with the Accepted reason",
+            plan_once(&invalid, None, &World::new(), t0(), &[], &none).status,
+            None,
+            s("InvalidVersion"),
+            ConditionStatus::False,
+        ),
+        (
+            "waiting for another release: reconciling",
+            waiting,
+            s(reason::STEP_IN_PROGRESS),
+            None,
+            ConditionStatus::False,
+        ),
+        (
+            "waiting for a Deployment to appear: reconciling",
+            missing,
+            s(reason::DEPLOYMENT_MISSING),
+            None,
+            ConditionStatus::False,
+        ),
+        (
+            "held by an outside edit: stalled",
+            outside_edit,
+            None,
+            s(reason::OUTSIDE_EDIT),
+            ConditionStatus::False,
+        ),
+        (
+            "outside edit reverted: reconciling again, Stalled removed",
+            reverted,
+            s(reason::STEP_IN_PROGRESS),
+            None,
+            ConditionStatus::False,
+        ),
+    ];
+    for (case, status, reconciling, stalled, ready) in table {
+        assert_eq!(
+            kstatus(&status),
+            (reconciling, stalled),
+            "{case}: {:?}",
+            status.conditions
+        );
+        assert_eq!(ready_status(&status), ready, "{case}");
+    }
+}
+
+#[test]
+fn an_aborted_release_is_stalled_and_the_ended_release_keeps_the_same_conditions() {
+    let mut spec = spec("shop/api:2.0.0", canary_steps());
+    let (world, status, now) = run_until(&spec, World::new(), prod_canary_running);
+    assert_eq!(
+        kstatus(&status).0.as_deref(),
+        Some(reason::STEP_IN_PROGRESS)
+    );
+    spec.abort = true;
+    let none = BTreeMap::new();
+    let ended = plan_once(&spec, Some(&status), &world, now, &[], &none).status;
+    assert_eq!(ended.phase, Some(ReleasePhase::RolledBack));
+    assert_eq!(kstatus(&ended), (None, Some(reason::ABORTED.to_owned())));
+    let stalled = ended
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Stalled")
+        .unwrap();
+    assert!(stalled.message.contains("prod"), "{stalled:?}");
+    // Replanning the ended release changes nothing (no write).
+    let again = plan_once(
+        &spec,
+        Some(&ended),
+        &world,
+        now + chrono::Duration::minutes(5),
+        &[],
+        &none,
+    );
+    assert_eq!(again.status, ended);
+}

@@ -486,6 +486,8 @@ pub fn desired_status(
     flag_set_problems: &[Problem],
     now: DateTime<Utc>,
 ) -> FeatureToggleStatus {
+    /// kstatus condition, present only while True (see below).
+    const STALLED: &str = "Stalled";
     let current = toggle.status.as_ref();
     let generation = toggle.metadata.generation;
     let mut status = plan_toggle_status(current, &toggle.spec, generation, now);
@@ -543,10 +545,35 @@ pub fn desired_status(
             now,
         ),
     };
+    // kstatus: `Stalled` (present only while True) when the problem needs a person to
+    // edit a spec. Not for problems that end by themselves once another object appears
+    // (a Release of the application, the named Release or stage) or a write is retried.
+    let waits = [
+        reason::NO_RELEASES,
+        reason::UNKNOWN_RELEASE,
+        reason::UNKNOWN_STAGE,
+        reason::FLAG_SET_NOT_WRITTEN,
+    ];
+    let stalled = (ready.status == ConditionStatus::False
+        && !waits.contains(&ready.reason.as_str()))
+    .then(|| {
+        Condition::new(
+            STALLED,
+            ConditionStatus::True,
+            &ready.reason,
+            ready.message.clone(),
+            generation,
+            now,
+        )
+    });
     condition::upsert(&mut status.conditions, ready);
     status
         .conditions
-        .retain(|c| c.r#type == READY || c.r#type == ACCEPTED);
+        .retain(|c| c.r#type == READY || c.r#type == ACCEPTED || c.r#type == STALLED);
+    match stalled {
+        Some(stalled) => condition::upsert(&mut status.conditions, stalled),
+        None => status.conditions.retain(|c| c.r#type != STALLED),
+    }
     status
 }
 #[cfg(test)]
