@@ -319,14 +319,15 @@ fn end_to_end(tally: &mut Tally) -> Result<()> {
             .env("STAGECOACH_CLUSTER_DIR", &cluster.dir);
         cmd
     };
-    // Concurrently, each test in its own namespaces; then, alone, the tests that stop
+    // Concurrently, each test in its own namespaces (and the e2e crate's plain tests,
+    // such as the Argo CD health scripts run in Lua); then, alone, the tests that stop
     // the control plane's API server (their names start with `fault_apiserver`).
     let result = run_tests(
         "end-to-end tests against the real control plane",
         e2e(&[
             "--tests",
             "--",
-            "--ignored",
+            "--include-ignored",
             "--test-threads=4",
             "--skip",
             "fault_apiserver",
