@@ -253,7 +253,9 @@ impl<'a> Planner<'a> {
         let verdict = check_release(self.spec());
         let accepted = accepted_condition(&verdict, self.input.generation, self.now());
         condition::upsert(&mut self.status.conditions, accepted);
-        if verdict.is_err() {
+        // A deleted Release is let go whatever its spec: an invalid one must not keep
+        // its finalizer forever.
+        if verdict.is_err() && !self.input.deleting {
             self.status.message = Some("the spec is not valid; see the Accepted condition".into());
             self.set_conditions();
             return;

@@ -1611,3 +1611,16 @@ fn an_aborted_release_is_stalled_and_the_ended_release_keeps_the_same_conditions
     );
     assert_eq!(again.status, ended);
 }
+
+#[test]
+fn a_deleted_release_with_a_spec_that_was_never_accepted_still_ends() {
+    let mut spec = spec("shop/api:2.0.0", canary_steps());
+    spec.version = "not a version".into();
+    let plan = plan_deleting(&spec, &ReleaseStatus::default(), &World::new(), t0());
+    assert!(
+        plan.status.phase.is_some_and(ReleasePhase::is_terminal),
+        "{:?}",
+        plan.status.phase
+    );
+    assert!(plan.actions.is_empty());
+}
