@@ -108,17 +108,31 @@ pub enum HealthTarget {
     Steady,
 }
 
+/// What the built-in gate measured, and why it fails when it does: the planner reports a
+/// failure that is only the progress deadline passing as `ProgressDeadlineExceeded`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthMeasurement {
+    pub measurement: Measurement,
+    /// Failing because new pods were not ready when the progress deadline passed (not
+    /// because something crashed or a Deployment gave up).
+    pub deadline_exceeded: bool,
+}
+
 /// The built-in `workload-health` gate over every workload of a stage.
+#[allow(clippy::too_many_lines)] // one match over the health targets reads best in one place
 pub fn workload_health(
     workloads: &[(&Workload, &WorkloadObservation)],
     target: HealthTarget,
     deadline_passed: bool,
     now: DateTime<Utc>,
-) -> Measurement {
-    let measure = |verdict, message: String| Measurement {
-        verdict,
-        message,
-        at: now,
+) -> HealthMeasurement {
+    let measure = |verdict, message: String| HealthMeasurement {
+        measurement: Measurement {
+            verdict,
+            message,
+            at: now,
+        },
+        deadline_exceeded: false,
     };
     let mut waiting = Vec::new();
     let mut healthy = Vec::new();
@@ -209,10 +223,13 @@ pub fn workload_health(
     if waiting.is_empty() {
         measure(GateVerdict::Passing, healthy.join("; "))
     } else if deadline_passed && target != HealthTarget::Steady {
-        measure(
-            GateVerdict::Failing,
-            format!("progress deadline passed: {}", waiting.join("; ")),
-        )
+        HealthMeasurement {
+            deadline_exceeded: true,
+            ..measure(
+                GateVerdict::Failing,
+                format!("progress deadline passed: {}", waiting.join("; ")),
+            )
+        }
     } else {
         measure(GateVerdict::Inconclusive, waiting.join("; "))
     }

@@ -32,7 +32,8 @@ use stagecoach_api::release::{
 use stagecoach_api::{names::DEFAULT_STAGES, parse_duration};
 
 use super::gate::{
-    GateDecision, GateModel, HealthTarget, Measurement, WORKLOAD_HEALTH, tally, workload_health,
+    GateDecision, GateModel, HealthMeasurement, HealthTarget, Measurement, WORKLOAD_HEALTH, tally,
+    workload_health,
 };
 use super::observed::{OtherRelease, StageObservation, WorkloadObservation};
 use super::rollout::{

@@ -32,9 +32,10 @@ impl Planner<'_> {
             .collect();
         let refs: Vec<(&Workload, &WorkloadObservation)> =
             pairs.iter().map(|(w, o)| (w, o)).collect();
-        let health = workload_health(&refs, target, deadline_passed, self.now());
-        let health_failed_by_deadline =
-            deadline_passed && health.message.starts_with("progress deadline passed");
+        let HealthMeasurement {
+            measurement: health,
+            deadline_exceeded: health_failed_by_deadline,
+        } = workload_health(&refs, target, deadline_passed, self.now());
         let mut decisions = Vec::new();
         let mut gates = Vec::new();
         let previous = self.status.stages[index].gates.clone();
