@@ -2,7 +2,9 @@
 //!
 //! Liveness and readiness are different answers: `/livez` is 200 for as long as the
 //! process serves HTTP; `/readyz` is 503 until the reflector caches of both controllers
-//! have their first complete list, then 200.
+//! have their first complete list, then 200: the replica then serves OFREP from its own
+//! cache, leader or follower (every replica runs the same watches). The body says which
+//! one it is; `/metrics` has it as the `stagecoach_leader` gauge.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -116,7 +118,12 @@ async fn livez() -> &'static str {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.readiness.is_ready() {
-        (StatusCode::OK, "ok\n").into_response()
+        let role = if state.metrics.is_leader() {
+            "leader"
+        } else {
+            "follower"
+        };
+        (StatusCode::OK, format!("ok: serving OFREP ({role})\n")).into_response()
     } else {
         let pending = state.readiness.pending().join(", ");
         let body = format!("not ready: waiting for the caches of {pending} to sync\n");
@@ -192,7 +199,9 @@ mod tests {
             "{body}"
         );
         toggles.synced();
-        assert_eq!(get(addr, "/readyz").await.0, 200);
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok: serving OFREP (follower)\n");
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert!(body.contains("stagecoach_status_writes_total"), "{body}");

@@ -1,6 +1,7 @@
 //! Command line of the `stagecoach` binary.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -14,6 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 pub enum Command {
     /// Run the operator: watch Releases and FeatureToggles and serve the admin endpoints.
     ///
@@ -45,6 +47,79 @@ pub struct RunArgs {
     /// Watch Releases and FeatureToggles in this namespace only. Default: all namespaces.
     #[arg(long, env = "STAGECOACH_NAMESPACE")]
     pub namespace: Option<String>,
+
+    /// Leader election: only the replica holding the Lease reconciles and writes; every
+    /// replica serves OFREP and /metrics. Off: this process always writes (run one only).
+    #[arg(long, env = "STAGECOACH_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(
+        long,
+        env = "STAGECOACH_LEASE_NAME",
+        default_value = "stagecoach-leader"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the Lease. Default: the --namespace watched if given, else the
+    /// POD_NAMESPACE environment variable, else `default`.
+    #[arg(long, env = "STAGECOACH_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// This replica's identity in the Lease. Default: host name and process id.
+    #[arg(long, env = "STAGECOACH_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long a Lease stays valid after its last renewal; a follower takes over once it
+    /// has passed (for example 15s, 1500ms or 15).
+    #[arg(long, env = "STAGECOACH_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps trying to renew before it gives up (and exits); shorter
+    /// than --lease-duration.
+    #[arg(long, env = "STAGECOACH_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// How often every replica reads the Lease (the leader renews, followers try to take
+    /// over); shorter than --renew-deadline.
+    #[arg(long, env = "STAGECOACH_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+}
+
+impl RunArgs {
+    /// Where the Lease lives: --lease-namespace, else the watched --namespace (so that
+    /// operators watching different namespaces never contend), else POD_NAMESPACE, else
+    /// `default`.
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| self.namespace.clone())
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    }
+}
+
+/// A duration: a number with `ms`, `s` or `m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |at| text.split_at(at));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (use for example 15s or 500ms)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s or m)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
 }
 
 /// How log lines are written.
@@ -107,6 +182,62 @@ mod tests {
         assert_eq!(args.ofrep_addr, "127.0.0.1:9091".parse().unwrap());
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.namespace.as_deref(), Some("billing"));
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let cli = Cli::try_parse_from([
+            "stagecoach",
+            "run",
+            "--leader-elect",
+            "false",
+            "--lease-duration",
+            "4s",
+            "--renew-deadline",
+            "3000ms",
+            "--retry-period",
+            "1",
+            "--lease-namespace",
+            "ops",
+            "--identity",
+            "pod-a",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert!(!args.leader_elect);
+        assert_eq!(args.lease_duration, Duration::from_secs(4));
+        assert_eq!(args.renew_deadline, Duration::from_secs(3));
+        assert_eq!(args.retry_period, Duration::from_secs(1));
+        assert_eq!(args.lease_namespace(), "ops");
+        assert_eq!(args.identity.as_deref(), Some("pod-a"));
+    }
+
+    #[test]
+    fn lease_follows_the_watched_namespace() {
+        if std::env::var_os("STAGECOACH_LEASE_NAMESPACE").is_some() {
+            return;
+        }
+        let cli = Cli::try_parse_from(["stagecoach", "run", "--namespace", "billing"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.lease_namespace(), "billing");
+        if std::env::var_os("STAGECOACH_LEADER_ELECT").is_none() {
+            assert!(args.leader_elect);
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]

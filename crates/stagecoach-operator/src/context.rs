@@ -3,6 +3,7 @@
 use kube::Client;
 
 use crate::events::Publisher;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::retry::Retries;
 
@@ -15,16 +16,19 @@ pub struct Context {
     pub recorder: Publisher,
     pub metrics: Metrics,
     pub retries: Retries,
+    /// Whether this replica may write (holds the leader Lease).
+    pub leadership: Leadership,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics) -> Self {
+    pub fn new(client: Client, metrics: Metrics, leadership: Leadership) -> Self {
         let recorder = Publisher::new(client.clone(), CONTROLLER_NAME);
         Self {
             client,
             recorder,
             metrics,
             retries: Retries::default(),
+            leadership,
         }
     }
 }

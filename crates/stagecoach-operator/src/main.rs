@@ -6,6 +6,7 @@ mod context;
 mod controller;
 mod error;
 mod events;
+mod leader;
 mod logging;
 mod metrics;
 mod ofrep;

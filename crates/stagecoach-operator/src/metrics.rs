@@ -19,6 +19,7 @@ pub struct Metrics {
     reconcile_errors: IntCounterVec,
     reconcile_duration: HistogramVec,
     status_writes: IntCounterVec,
+    leader: prometheus::IntGauge,
     releases: ReleaseMetrics,
     toggles: ToggleMetrics,
 }
@@ -182,6 +183,12 @@ impl Metrics {
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(status_writes.clone()))?;
+        let leader = prometheus::IntGauge::new(
+            "stagecoach_leader",
+            "1 while this replica holds the leader Lease (reconciles and writes), else 0. \
+             Every replica serves OFREP.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         // Every kind shows up from the start, with 0, so that a scrape before the first
         // reconcile (or a test comparing before and after) finds the series.
         for kind in KINDS {
@@ -197,6 +204,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             status_writes,
+            leader,
             releases,
             toggles,
         })
@@ -220,6 +228,16 @@ impl Metrics {
     /// Counts a status patch about to be sent.
     pub fn status_written(&self, kind: &str) {
         self.status_writes.with_label_values(&[kind]).inc();
+    }
+
+    /// Sets the `stagecoach_leader` gauge.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Whether the `stagecoach_leader` gauge says this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
     }
 
     /// The release metrics.
@@ -273,7 +291,11 @@ mod tests {
         metrics.reconcile_failed("Release", "patch_status");
         metrics.status_written("FeatureToggle");
         metrics.status_written("FeatureToggle");
+        assert!(metrics.render().unwrap().contains("stagecoach_leader 0"));
+        metrics.set_leader(true);
+        assert!(metrics.is_leader());
         let text = metrics.render().unwrap();
+        assert!(text.contains("stagecoach_leader 1"), "{text}");
         assert!(
             text.contains("stagecoach_reconciles_total{kind=\"Release\"} 1"),
             "{text}"

@@ -1,5 +1,11 @@
 //! `stagecoach run`: wires the client, both controllers, the admin server and the OFREP
 //! server together and runs them until a shutdown signal.
+//!
+//! With leader election (the default) every replica runs all of it, but only the holder
+//! of the Lease writes: the Release reconcile is skipped on a follower, and the toggle
+//! reconcile stops after planning (which keeps the follower's OFREP index current). On
+//! becoming the leader both controllers reconcile everything again. Losing the Lease
+//! drops everything at once and starts again as a follower (see [`run`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use crate::admin::{self, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::controller::{self, release, toggle, workloads};
+use crate::leader::{self, Elector, Leadership, LeaseConfig, LeaseLost};
 use crate::metrics::Metrics;
 use crate::ofrep::{self, FlagIndex};
 use crate::shutdown::Shutdown;
@@ -30,8 +37,29 @@ const TOGGLE_CONCURRENCY: u16 = 16;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Runs the operator until SIGTERM or Ctrl-C; returns once everything has stopped.
-#[allow(clippy::too_many_lines)] // the wiring of every part, in one place
+///
+/// When leadership is lost, everything started for it (client, caches, controllers with
+/// their reconciles in flight, servers) is dropped at once, which is what exiting would
+/// do, and started again from nothing as a follower: the same as a restart by the
+/// Deployment, without depending on one (a lone operator whose API server was away
+/// longer than the renew deadline takes its Lease back when the API server returns).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    loop {
+        match Box::pin(run_once(args.clone())).await {
+            Err(error) if error.is::<LeaseLost>() => {
+                error!(
+                    error = format!("{error:#}"),
+                    "leadership lost: stopped everything at once; starting again as a follower"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)] // the wiring of every part, in one place
+async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.context(
         "cannot configure the Kubernetes client: set KUBECONFIG, or run in a pod with a \
          service account",
@@ -51,12 +79,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting"
     );
 
+    let lease = LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace(),
+        identity: args
+            .identity
+            .clone()
+            .unwrap_or_else(leader::default_identity),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    let leadership = if args.leader_elect {
+        lease.validate().context("bad leader election settings")?;
+        Leadership::follower()
+    } else {
+        metrics.set_leader(true);
+        Leadership::always()
+    };
+
     let shutdown = Shutdown::default();
     let signals = shutdown
         .on_signals()
         .context("cannot install handlers for SIGTERM and SIGINT")?;
     let readiness = Readiness::default();
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        leadership.clone(),
+    ));
 
     let namespace = args.namespace.as_deref();
     let (release_sync, toggle_sync) = (
@@ -151,17 +202,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .watches_stream(revision_changes, move |r: ControllerRevision| {
             revision_mapper(r.namespace())
         })
+        .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());
     // Bounded: a change to an application re-reconciles all its toggles, and thousands of
     // status patches in flight at once only queue up in the API server (and in memory).
     let toggles = Controller::for_stream(toggle_changes, toggle_cache)
         .with_config(ControllerConfig::default().concurrency(TOGGLE_CONCURRENCY))
         .reconcile_on(toggle_retriggers)
+        .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());
 
     let release_loop = controller::drain(
         release::KIND,
-        releases.run(release::reconcile, release::error_policy, release_ctx),
+        releases.run(
+            {
+                let leadership = leadership.clone();
+                move |object, ctx| {
+                    // Decided when the reconcile starts: a leader that loses the Lease
+                    // mid-reconcile ends the process (see the election below).
+                    let leading = leadership.is_leader();
+                    async move {
+                        if leading {
+                            release::reconcile(object, ctx).await
+                        } else {
+                            Ok(kube::runtime::controller::Action::await_change())
+                        }
+                    }
+                }
+            },
+            release::error_policy,
+            release_ctx,
+        ),
         shutdown.clone(),
         release_sync,
     );
@@ -189,7 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let admin_server = {
-        let shutdown = shutdown.clone();
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         async move {
             let served = admin::serve(listener, readiness, metrics, shutdown.wait()).await;
             if let Err(error) = &served {
@@ -200,6 +271,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let signals = tokio::spawn(signals);
+    // The election runs until the controllers have stopped (then the leader releases the
+    // Lease), or ends early with an error when leadership is lost.
+    let (stop_electing, electing_stopped) = tokio::sync::oneshot::channel::<()>();
+    let election = async {
+        if args.leader_elect {
+            Elector::new(client.clone(), lease, leadership.clone(), metrics.clone())
+                .run(async {
+                    let _ = electing_stopped.await;
+                })
+                .await
+        } else {
+            let _ = electing_stopped.await;
+            Ok(())
+        }
+    };
+    let mut election = std::pin::pin!(election);
 
     let all = async {
         tokio::join!(
@@ -221,7 +308,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = grace_over => Err(anyhow::anyhow!(
             "did not stop within {}s of the shutdown signal", SHUTDOWN_GRACE.as_secs()
         )),
+        // Returns early only when leadership is lost: stop at once, dropping reconciles
+        // in flight, so that this replica writes nothing once another may lead.
+        lost = &mut election => {
+            signals.abort();
+            return lost.and(Err(anyhow::anyhow!("leader election stopped")));
+        }
     };
+    // Everything stopped: no more writes, so the Lease can go to a successor now.
+    let _ = stop_electing.send(());
+    let outcome = outcome.and(election.await);
 
     signals.abort();
     if outcome.is_ok() {

@@ -524,6 +524,11 @@ impl Operator {
             ])
             // Its OFREP server too needs a port of its own.
             .env("STAGECOACH_OFREP_ADDR", format!("127.0.0.1:{ofrep_port}"))
+            // Leader election: the Lease is in `namespace` (one per test, so tests never
+            // contend), and an operator started again in the same namespace after a kill
+            // is the same identity, which renews the Lease at once rather than waiting
+            // for it to expire. Tests running two operators give each its own identity.
+            .env("STAGECOACH_IDENTITY", format!("e2e-{namespace}"))
             .envs(env.iter().copied())
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))

@@ -304,6 +304,10 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
             "Deployment",
             "Service",
             "ValidatingAdmissionPolicy",
+            // Leader election: its Lease Role, and a PDB for the two replicas.
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
         ] {
             assert!(
                 kinds.contains(&expected),
@@ -374,6 +378,26 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
     assert!(
         writes("releases", "patch"),
         "the Release finalizer needs patch on releases"
+    );
+    // Leases only in the release namespace (a Role, not the ClusterRole), and only what
+    // leader election needs: read, create once, update with a resourceVersion.
+    assert!(
+        !rules.iter().any(|r| r["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x == "leases")),
+        "no Lease rule in the ClusterRole"
+    );
+    let lease_role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role")
+        .context("no leader-election Role")?;
+    assert_eq!(lease_role["metadata"]["namespace"], "stagecoach-system");
+    assert_eq!(
+        lease_role["rules"],
+        serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                            "verbs": ["get", "create", "update"]}])
     );
     Ok(())
 }
@@ -505,10 +529,38 @@ async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
             &serde_json::from_value(json!({"metadata": {"name": "stagecoach"}}))?,
         )
         .await?;
+    // The chart's leader-election Role (Leases in the operator's namespace, here `ns`,
+    // where the operator's Lease is when it watches `ns`), bound to the same account.
+    let mut lease_role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role")
+        .cloned()
+        .context("no leader-election Role")?;
+    lease_role["metadata"] =
+        json!({"name": role_name, "namespace": ns, "labels": {E2E_LABEL: "true"}});
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &serde_json::from_value(lease_role)?)
+        .await?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": role_name, "labels": {E2E_LABEL: "true"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+                "subjects": [{"kind": "ServiceAccount", "name": "stagecoach", "namespace": ns}]
+            }))?,
+        )
+        .await?;
     let kubeconfig = service_account_kubeconfig(&client, &ns, "stagecoach").await?;
     let kubeconfig = kubeconfig.display().to_string();
     let operator = Operator::start_with_env("rbac", &ns, &[("KUBECONFIG", &kubeconfig)])?;
     operator.wait_ready().await?;
+    // Alone with its own Lease (in `ns`): it leads at once.
+    eventually(Duration::from_secs(10), || async {
+        Ok((operator.metric("stagecoach_leader", "").await? > 0.5).then_some(()))
+    })
+    .await
+    .with_context(|| format!("the operator never led; log:\n{}", operator.log_tail(30)))?;
 
     // A release rolled out to dev, and a toggle served there.
     let dynamic = |kind: &str| {

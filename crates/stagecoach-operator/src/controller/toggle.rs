@@ -12,6 +12,9 @@
 //! See [`triggers`] for what re-reconciles a toggle besides its own changes, and
 //! [`flagsets`] for how ConfigMaps are owned and cleaned up.
 //!
+//! Leader election: every replica observes and plans (so each one's OFREP index is
+//! current); only the leader applies. A follower's reconcile ends after the plan.
+//!
 //! Scale: every toggle of an application shares one plan, so a change to one toggle (or
 //! to a coupled Release) re-reconciles all of them. To keep that cheap, a reconcile that
 //! finds nothing new to plan does no work proportional to the application (the plan is
@@ -162,6 +165,14 @@ async fn reconcile_toggle(
             return Ok(Action::requeue(wait));
         }
     };
+    // A follower (not holding the leader Lease) stops here: the new plan is in its OFREP
+    // index, and the leader writes ConfigMaps, status and Events. On becoming the leader
+    // every toggle is reconciled again (see operator.rs), this time through to the writes.
+    if !ctx.base.leadership.is_leader() {
+        drop(state);
+        debug!("follower: plan published to OFREP, nothing written");
+        return Ok(Action::requeue(RESYNC_INTERVAL));
+    }
     let render = |stage: &str| {
         let (toggles, releases) = ctx.observe(namespace, application);
         let input = ApplicationInput::new(

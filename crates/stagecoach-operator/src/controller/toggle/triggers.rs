@@ -492,6 +492,10 @@ async fn affected_toggles(
 async fn retire(ctx: &ToggleContext, app: &AppKey) -> Result<(), crate::error::ReconcileError> {
     ctx.index.remove(&app.namespace, &app.application);
     ctx.applications.forget(app);
+    // Only the leader writes; a new leader's sweep deletes what is left.
+    if !ctx.base.leadership.is_leader() {
+        return Ok(());
+    }
     delete_flag_sets(
         &ctx.base.client,
         &ctx.flag_sets,
