@@ -24,6 +24,7 @@ use tracing::{error, info};
 use crate::admin::{self, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Context;
+use crate::controller::scoped::Cache;
 use crate::controller::{self, release, toggle, workloads};
 use crate::leader::{self, Elector, Leadership, LeaseConfig, LeaseLost};
 use crate::metrics::Metrics;
@@ -133,24 +134,32 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     // The release controller also watches the stage namespaces: Deployments, their pods
     // and the ControllerRevisions it records. Any change there re-plans the releases whose
     // stages live in that namespace, which is what makes a failing pod reach a rollback
-    // within a reconcile.
-    let (deployment_cache, deployment_changes) = controller::cached_watch_with(
-        Api::<Deployment>::all(client.clone()),
+    // within a reconcile. With --namespace only the stage namespaces its Releases name
+    // are watched (one watch each, see controller::scoped), else the whole cluster.
+    // Only the pods the operator rolled out (canary pods, and stable pods running a
+    // release) carry the rollout label: memory grows with releases, not with the cluster.
+    let per_namespace = namespace.is_some();
+    let (deployment_cache, deployment_changes) = Cache::<Deployment>::new(
+        &client,
+        per_namespace,
         kube::runtime::watcher::Config::default(),
         readiness.cache("Deployment"),
         controller::ManagedFields::ManagersOnly,
     );
-    // Only the pods the operator rolled out (canary pods, and stable pods running a
-    // release) carry the rollout label: memory grows with releases, not with the cluster.
-    let (pod_cache, pod_changes) = controller::cached_watch_selected(
-        Api::<Pod>::all(client.clone()),
-        stagecoach_engine::release::rollout::ROLLOUT_LABEL,
+    let (pod_cache, pod_changes) = Cache::<Pod>::new(
+        &client,
+        per_namespace,
+        kube::runtime::watcher::Config::default()
+            .labels(stagecoach_engine::release::rollout::ROLLOUT_LABEL),
         readiness.cache("Pod"),
+        controller::ManagedFields::Drop,
     );
-    let (revision_cache, revision_changes) = controller::cached_watch_selected(
-        Api::<ControllerRevision>::all(client.clone()),
-        "app.kubernetes.io/managed-by=stagecoach",
+    let (revision_cache, revision_changes) = Cache::<ControllerRevision>::new(
+        &client,
+        per_namespace,
+        kube::runtime::watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach"),
         readiness.cache("ControllerRevision"),
+        controller::ManagedFields::Drop,
     );
     let flag_index = FlagIndex::new(toggle_cache.clone());
     let toggle_ctx = Arc::new(toggle::ToggleContext::new(

@@ -8,6 +8,7 @@
 
 pub mod fence;
 pub mod release;
+pub mod scoped;
 pub mod toggle;
 pub mod workloads;
 
@@ -44,30 +45,6 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(3600);
 /// Longest Event note the API accepts.
 const MAX_EVENT_NOTE: usize = 1024;
 
-/// Watches the objects of `api` matching a label selector into a reflector cache.
-/// Returns the cache and the stream of changed objects that drives a
-/// [`Controller`](kube::runtime::Controller). `synced` is marked when the cache has its
-/// first complete list. Managed fields are dropped before caching: nothing reads them,
-/// and they are a large part of every object.
-pub fn cached_watch_selected<K>(
-    api: Api<K>,
-    labels: &str,
-    synced: CacheSync,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    cached_watch_with(
-        api,
-        watcher::Config::default().labels(labels),
-        synced,
-        ManagedFields::Drop,
-    )
-}
-
 /// What a cache keeps of `metadata.managedFields`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ManagedFields {
@@ -78,10 +55,32 @@ pub enum ManagedFields {
     ManagersOnly,
 }
 
+/// Watches `api` (with `config`: a label selector, say) into a reflector cache. Returns
+/// the cache and the stream of changed objects that drives a
+/// [`Controller`](kube::runtime::Controller). `synced` is marked when the cache has its
+/// first complete list. Managed fields are dropped or thinned before caching (see
+/// [`ManagedFields`]): they are a large part of every object.
 pub fn cached_watch_with<K>(
     api: Api<K>,
     config: watcher::Config,
     synced: CacheSync,
+    managed_fields: ManagedFields,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    reflected_watch(api, config, Some(synced), managed_fields)
+}
+
+/// [`cached_watch_with`], reporting the first complete list to `synced` if there is one
+/// (a stage namespace's watch has none: the reconcile awaits its store instead).
+pub fn reflected_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    synced: Option<CacheSync>,
     managed_fields: ManagedFields,
 ) -> (
     Store<K>,
@@ -103,7 +102,7 @@ where
         })
         .reflect(writer)
         .inspect(move |event| {
-            if let Ok(watcher::Event::InitDone) = event {
+            if let (Ok(watcher::Event::InitDone), Some(synced)) = (event, &synced) {
                 synced.synced();
             }
         })

@@ -121,7 +121,7 @@ async fn reconcile_release(
     if deleting && !has_finalizer {
         return Ok(Action::await_change());
     }
-    ctx.caches.ready().await;
+    ctx.caches.ready(&release.spec).await;
     // Never decide from a view older than our own last write.
     if let Some(stale) = stale_view(release, key, ctx) {
         debug!(%stale, "cache behind the operator's last write; waiting for it");

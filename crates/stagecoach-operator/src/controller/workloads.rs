@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use stagecoach_api::FIELD_MANAGER;
@@ -23,6 +23,7 @@ use stagecoach_engine::release::rollout::{
 };
 
 use super::fence::{Cached, WriteFence};
+use super::scoped::Cache;
 use crate::error::ReconcileError;
 
 /// Label on every object the operator creates.
@@ -32,12 +33,13 @@ pub const RELEASE_LABEL: &str = "stagecoach.dev/release";
 /// Annotation with the hash of the template the operator applied to a canary.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "stagecoach.dev/template-hash";
 
-/// The caches the release controller observes through.
+/// The caches the release controller observes through: cluster-wide, or (with
+/// `--namespace`) only the stage namespaces of the watched Releases (see [`Cache`]).
 #[derive(Clone)]
 pub struct WorkloadCaches {
-    pub deployments: Store<Deployment>,
-    pub pods: Store<Pod>,
-    pub revisions: Store<ControllerRevision>,
+    pub deployments: Cache<Deployment>,
+    pub pods: Cache<Pod>,
+    pub revisions: Cache<ControllerRevision>,
 }
 
 fn deployment_state(deployment: &Deployment) -> DeploymentState {
@@ -153,21 +155,14 @@ fn new_pod_health(
 impl WorkloadCaches {
     /// What the release's workloads look like in every stage namespace.
     pub fn observe(&self, release: &str, spec: &ReleaseSpec) -> BTreeMap<String, StageObservation> {
-        let pods_by_namespace = {
-            let mut map: BTreeMap<String, Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
-            let namespaces: Vec<String> = spec
-                .resolved_stages()
+        let pods_by_namespace: BTreeMap<String, Vec<std::sync::Arc<Pod>>> =
+            Self::stage_namespaces(spec)
                 .into_iter()
-                .filter_map(|s| s.namespace)
+                .map(|ns| {
+                    let pods = self.pods.state_in(&ns);
+                    (ns, pods)
+                })
                 .collect();
-            for pod in self.pods.state() {
-                let ns = pod.namespace().unwrap_or_default();
-                if namespaces.contains(&ns) {
-                    map.entry(ns).or_default().push(pod);
-                }
-            }
-            map
-        };
         let mut observed = BTreeMap::new();
         for stage in spec.resolved_stages() {
             let Some(namespace) = stage.namespace else {
@@ -215,14 +210,18 @@ impl WorkloadCaches {
         observed
     }
 
-    /// Waits until every cache has its first complete list: before that, a Deployment
-    /// missing from the cache may exist, and deciding from it would fail a stage for
-    /// nothing.
-    pub async fn ready(&self) {
-        // The writers live as long as the operator; an error means it is shutting down.
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.revisions.wait_until_ready().await;
+    /// Watches the release's stage namespaces (when the caches are per namespace) and
+    /// waits until every cache has its first complete list of them: before that, a
+    /// Deployment missing from the cache may exist, and deciding from it would fail a
+    /// stage for nothing.
+    pub async fn ready(&self, spec: &ReleaseSpec) {
+        let namespaces = Self::stage_namespaces(spec);
+        self.deployments.watch(&namespaces);
+        self.pods.watch(&namespaces);
+        self.revisions.watch(&namespaces);
+        self.deployments.ready(&namespaces).await;
+        self.pods.ready(&namespaces).await;
+        self.revisions.ready(&namespaces).await;
     }
 
     /// The first object this release reads whose cached view is older than the operator's

@@ -141,7 +141,7 @@ impl Epochs {
 
 /// Watches `api` into a reflector cache, calling `tell` with every event after the cache
 /// has applied it. Returns the cache and the stream of applied objects (which drives a
-/// controller, like [`crate::controller::cached_watch_selected`]).
+/// controller, like [`crate::controller::cached_watch_with`]).
 fn watch_and_tell<K>(
     api: Api<K>,
     synced: CacheSync,
