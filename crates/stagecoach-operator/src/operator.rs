@@ -251,12 +251,17 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
         toggle_sync,
     );
+    // The labelled token Secrets in the toggle namespaces (see ofrep::Tokens).
+    let (ofrep_tokens, token_watch) =
+        ofrep::Tokens::watch(scoped_api(&client, namespace), readiness.cache("Secret"));
     let ofrep_server = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         async move {
+            let token_watch = tokio::spawn(token_watch);
             let served = ofrep::serve(
                 ofrep_listener,
                 flag_index,
+                ofrep_tokens,
                 metrics.toggles(),
                 shutdown.wait(),
             )
@@ -265,6 +270,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
                 error!(%error, "OFREP server failed; shutting down");
             }
             shutdown.trigger(); // a stopped OFREP server stops the operator
+            token_watch.abort();
             served
         }
     };

@@ -379,6 +379,26 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
         writes("releases", "patch"),
         "the Release finalizer needs patch on releases"
     );
+    // Secrets: only the OFREP token watch (list + watch, label-selected), never a write
+    // and no get.
+    let secret_rules: Vec<&Value> = rules
+        .iter()
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x == "secrets")
+        })
+        .collect();
+    assert_eq!(
+        secret_rules,
+        [
+            &serde_json::json!({"apiGroups": [""], "resources": ["secrets"],
+                             "verbs": ["list", "watch"]})
+        ],
+        "secrets: list and watch only, in a rule of their own"
+    );
     // Leases only in the release namespace (a Role, not the ClusterRole), and only what
     // leader election needs: read, create once, update with a resourceVersion.
     assert!(

@@ -873,3 +873,134 @@ async fn a_coupling_that_changed_while_no_operator_ran_is_announced_after_the_re
         .await?;
     home.delete().await
 }
+
+/// A labelled token Secret guards its application's OFREP endpoints: 401 without a
+/// token, 403 with another application's, 200 with its own; deleting it opens them again.
+#[tokio::test]
+#[ignore = "needs the test control plane: run cargo xtask test"]
+async fn an_ofrep_token_secret_guards_its_application() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+
+    let client = client().await?;
+    install_crds(&client).await?;
+    let home = TestNamespace::create(&client, "ofrep-token").await?;
+    let ns = home.name.clone();
+    let dev = stage_namespace(&client, &ns, "dev").await?;
+    let operator = Operator::start_ready("ofrep-token", &ns).await?;
+    let releases: Api<Release> = Api::namespaced(client.clone(), &ns);
+    let toggles: Api<FeatureToggle> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &releases,
+        json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": RELEASE},
+            "spec": {
+                "application": APP, "version": "2.0.0", "paused": true,
+                "workloads": [{"deployment": "api", "containers": [{"name": "api", "image": NEW_IMAGE}]}],
+                "stages": [{"name": "dev", "namespace": dev}]
+            }
+        }),
+    )
+    .await?;
+    apply(
+        &toggles,
+        toggle(
+            "new-checkout",
+            json!({
+                "application": APP,
+                "variants": {"on": true, "off": false}, "defaultVariant": "on",
+                "stages": {"dev": {}}
+            }),
+        ),
+    )
+    .await?;
+    let url = format!(
+        "{}/ofrep/v1/evaluate/flags/new-checkout",
+        base_url(&operator, &ns, "dev")
+    );
+    let http = reqwest::Client::new();
+    let status = |token: Option<&'static str>| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut request = http.post(&url).json(&json!({"context": {}}));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            anyhow::Ok((status, challenge, body))
+        }
+    };
+    // Open: no token Secret yet.
+    eventually(Duration::from_secs(60), || async {
+        Ok((status(None).await?.0 == 200).then_some(()))
+    })
+    .await?;
+
+    let token_secret = |name: &str, application: &str, token: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name,
+                         "labels": {"stagecoach.dev/ofrep-application": application}},
+            "stringData": {"token": token}
+        }))?)
+    };
+    secrets
+        .create(
+            &PostParams::default(),
+            &token_secret("shop-ofrep", APP, "shop-token-1")?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &token_secret("billing-ofrep", "billing", "billing-token-1")?,
+        )
+        .await?;
+    let (code, challenge, body) = eventually(Duration::from_secs(30), || async {
+        let answer = status(None).await?;
+        Ok((answer.0 == 401).then_some(answer))
+    })
+    .await?;
+    assert_eq!(code, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    assert_eq!(body["errorCode"], "GENERAL", "{body}");
+    let (code, _, body) = status(Some("billing-token-1")).await?;
+    assert_eq!(code, 403, "another application's token: {body}");
+    let (code, _, _) = status(Some("wrong")).await?;
+    assert_eq!(code, 403, "a wrong token");
+    let (code, _, body) = status(Some("shop-token-1")).await?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["value"], true, "{body}");
+
+    // Deleting the Secret opens the application again.
+    secrets
+        .delete("shop-ofrep", &DeleteParams::default())
+        .await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok((status(None).await?.0 == 200).then_some(()))
+    })
+    .await?;
+    let (_, text) = operator.get("/metrics").await?;
+    assert!(
+        text.contains("stagecoach_ofrep_requests_total{code=\"401\",endpoint=\"single\"}")
+            && text.contains("stagecoach_ofrep_requests_total{code=\"403\",endpoint=\"single\"} 2"),
+        "{text}"
+    );
+
+    releases.delete(RELEASE, &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(30), || async {
+        Ok(releases.get_opt(RELEASE).await?.is_none().then_some(()))
+    })
+    .await?;
+    operator.stop().await?;
+    Api::<Namespace>::all(client.clone())
+        .delete(&dev, &DeleteParams::background())
+        .await?;
+    home.delete().await
+}

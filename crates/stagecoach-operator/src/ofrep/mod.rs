@@ -32,13 +32,19 @@
 //! `stagecoach_ofrep_requests_total{endpoint, code}` (endpoint `single`, `bulk` or
 //! `other` for a path that is neither).
 //!
+//! An application with a token Secret (see [`Tokens`]) requires
+//! `Authorization: Bearer <token>`: 401 without one, 403 with a token not its own, 503
+//! until the Secret cache has synced. These are checked before routing.
+//!
 //! `metadata` carries `flagSetVersion`, the same content version as the stage's ConfigMap.
 //! Answers come from [`FlagIndex`], which the toggle controller keeps current: no API call
 //! per request. The evaluation is [`stagecoach_engine::toggle::evaluate()`], so OFREP, the
 //! flagd flag set and the engine agree on every variant.
 
+pub(crate) mod auth;
 mod index;
 mod server;
 
+pub use auth::Tokens;
 pub use index::{AppFlags, FlagIndex};
 pub use server::serve;

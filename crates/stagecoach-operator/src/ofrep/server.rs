@@ -21,6 +21,7 @@ use stagecoach_engine::toggle::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use super::auth::{Access, Tokens};
 use super::{AppFlags, FlagIndex};
 use crate::metrics::ToggleMetrics;
 
@@ -116,7 +117,7 @@ struct OfrepState {
 /// (405 wrong method, 413 body too large, 414 URI too long, 404 unknown path). Not
 /// counted: what hyper answers itself to a request it cannot parse, before any routing
 /// (malformed HTTP, a request line over 64 KiB, a head over about 400 KB).
-pub fn router(index: FlagIndex, metrics: &ToggleMetrics) -> Router {
+pub fn router(index: FlagIndex, tokens: Tokens, metrics: &ToggleMetrics) -> Router {
     const BASE: &str = "/apps/{namespace}/{application}/stages/{stage}/ofrep/v1/evaluate/flags";
     Router::new()
         .route(&format!("{BASE}/{{key}}"), post(evaluate_one))
@@ -124,17 +125,88 @@ pub fn router(index: FlagIndex, metrics: &ToggleMetrics) -> Router {
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(OfrepState { index })
         .layer(middleware::from_fn_with_state(
-            Arc::new(Counters::new(metrics)),
+            Arc::new(Guard {
+                counters: Counters::new(metrics),
+                tokens,
+            }),
             count_and_limit,
         ))
 }
 
-/// Answers 414 for a URI longer than [`MAX_URI_BYTES`], and counts every answer.
+/// What every request passes first.
+struct Guard {
+    counters: Counters,
+    tokens: Tokens,
+}
+
+/// `(namespace, application)` of a path under `/apps/{namespace}/{application}/`.
+fn application_of(path: &str) -> Option<(&str, &str)> {
+    let mut segments = path.strip_prefix("/apps/")?.split('/');
+    let namespace = segments.next().filter(|s| !s.is_empty())?;
+    let application = segments.next().filter(|s| !s.is_empty())?;
+    segments.next()?;
+    Some((namespace, application))
+}
+
+/// The answer to a request `access` refuses, if it does.
+fn refusal(access: Access, namespace: &str, application: &str) -> Option<Response> {
+    let (status, details) = match access {
+        Access::Open | Access::Granted => return None,
+        Access::Missing => (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "application {} in namespace {} requires an Authorization: Bearer token",
+                shorten(application),
+                shorten(namespace)
+            ),
+        ),
+        Access::Denied => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "the bearer token is not a token of application {} in namespace {}",
+                shorten(application),
+                shorten(namespace)
+            ),
+        ),
+        Access::NotSynced => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the OFREP token cache has not synced yet; retry shortly".to_owned(),
+        ),
+    };
+    let mut response = json_response(
+        status,
+        &Failure {
+            key: None,
+            error_code: ErrorCode::General.as_str(),
+            error_details: details,
+        },
+    );
+    let headers = response.headers_mut();
+    match access {
+        Access::Missing => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        Access::Denied => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        _ => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+    }
+    Some(response)
+}
+
+/// Answers 414 for a URI longer than [`MAX_URI_BYTES`], 401/403 for a request an
+/// application's token Secret refuses, and counts every answer.
 async fn count_and_limit(
-    State(counters): State<Arc<Counters>>,
+    State(guard): State<Arc<Guard>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let counters = &guard.counters;
     let uri_len = request
         .uri()
         .path_and_query()
@@ -152,7 +224,18 @@ async fn count_and_limit(
             },
         )
     } else {
-        next.run(request).await
+        let refused = application_of(request.uri().path()).and_then(|(namespace, application)| {
+            let authorization = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            let access = guard.tokens.check(namespace, application, authorization);
+            refusal(access, namespace, application)
+        });
+        match refused {
+            Some(response) => response,
+            None => next.run(request).await,
+        }
     };
     counters.count(endpoint, response.status());
     response
@@ -174,10 +257,11 @@ fn shorten(text: &str) -> Cow<'_, str> {
 pub async fn serve(
     listener: TcpListener,
     index: FlagIndex,
+    tokens: Tokens,
     metrics: &ToggleMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(index, metrics))
+    axum::serve(listener, router(index, tokens, metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -459,6 +543,8 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use axum::http::Request;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
     use kube::runtime::{reflector, watcher};
     use stagecoach_api::FeatureToggle;
     use stagecoach_engine::toggle::ActiveCouplings;
@@ -565,7 +651,146 @@ mod tests {
     }
 
     fn router() -> Router {
-        super::router(index(), Metrics::new().unwrap().toggles())
+        super::router(index(), open(), Metrics::new().unwrap().toggles())
+    }
+
+    /// No token Secrets: every application is open.
+    fn open() -> Tokens {
+        Tokens::new(reflector::store().0, true)
+    }
+
+    fn token_secret(namespace: &str, name: &str, application: &str, token: &str) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.namespace = Some(namespace.into());
+        secret.metadata.name = Some(name.into());
+        secret.metadata.labels = Some(BTreeMap::from([(
+            crate::ofrep::auth::APPLICATION_LABEL.to_owned(),
+            application.to_owned(),
+        )]));
+        secret.data = Some(BTreeMap::from([(
+            crate::ofrep::auth::TOKEN_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )]));
+        secret
+    }
+
+    async fn call_with_token(
+        router: &Router,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = Request::builder().method("POST").uri(path);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// An application with a token Secret answers 401 without its token, 403 with
+    /// another's (or a wrong one), and 200 with its own; one without stays open.
+    #[tokio::test]
+    async fn token_secrets_guard_their_application() {
+        let (store, mut writer) = reflector::store();
+        for secret in [
+            token_secret("team", "shop-ofrep", "shop", "shop-secret\n"),
+            token_secret("team", "cart-ofrep", "cart", "cart-secret"),
+            // Same application name in another namespace: not shop's token.
+            token_secret("elsewhere", "shop-ofrep", "shop", "foreign"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(secret));
+        }
+        let metrics = Metrics::new().unwrap();
+        let router = super::router(index(), Tokens::new(store.clone(), true), metrics.toggles());
+        let count = |code: &str| {
+            metrics
+                .toggles()
+                .ofrep_requests
+                .with_label_values(&["bulk", code])
+                .get()
+        };
+        let single = format!("{BASE}/color");
+
+        for authorization in [
+            None,
+            Some("Basic c2hvcA=="),
+            Some("Bearer"),
+            Some("shop-secret"),
+        ] {
+            let (status, headers, body) = call_with_token(&router, BASE, authorization).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+            assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+            assert_eq!(body["errorCode"], "GENERAL");
+            assert!(
+                body["errorDetails"]
+                    .as_str()
+                    .unwrap()
+                    .contains("application shop"),
+                "{body}"
+            );
+        }
+        assert_eq!(count("401"), 4);
+        for token in ["cart-secret", "foreign", "shop-secret-not", "wrong"] {
+            let authorization = format!("Bearer {token}");
+            let (status, headers, body) =
+                call_with_token(&router, BASE, Some(&authorization)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{token}");
+            assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+            assert_eq!(body["errorCode"], "GENERAL");
+            let (status, _, _) = call_with_token(&router, &single, Some(&authorization)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{token}");
+        }
+        assert_eq!(count("403"), 4);
+        let ok_before = count("200");
+        let (status, _, body) = call_with_token(&router, BASE, Some("Bearer shop-secret")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["flags"].as_array().unwrap().len(), 2);
+        assert_eq!(count("200"), ok_before + 1);
+        let (status, _, body) = call_with_token(&router, &single, Some("bearer shop-secret")).await;
+        assert_eq!((status, &body["value"]), (StatusCode::OK, &json!("#f00")));
+        // The token is checked before anything else: an unknown stage is not revealed.
+        let (status, _, _) = call_with_token(
+            &router,
+            "/apps/team/shop/stages/prod/ofrep/v1/evaluate/flags",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        // An application without a token Secret is open, with or without a token.
+        let other = "/apps/team/other/stages/demo/ofrep/v1/evaluate/flags";
+        for authorization in [None, Some("Bearer shop-secret")] {
+            let (status, _, _) = call_with_token(&router, other, authorization).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{authorization:?}");
+        }
+        // Removing the Secret opens the application again.
+        writer.apply_watcher_event(&watcher::Event::Delete(token_secret(
+            "team",
+            "shop-ofrep",
+            "shop",
+            "",
+        )));
+        let (status, _, _) = call_with_token(&router, BASE, None).await;
+        assert_eq!(status, StatusCode::OK);
+
+        // Before the Secret cache has synced, nothing is served: 503, not open.
+        let unsynced = super::router(index(), Tokens::new(store, false), metrics.toggles());
+        let (status, headers, _) = call_with_token(&unsynced, BASE, None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key(header::RETRY_AFTER));
     }
 
     #[tokio::test]
@@ -754,7 +979,7 @@ mod tests {
     #[tokio::test]
     async fn every_answer_is_counted_rejections_included() {
         let metrics = Metrics::new().unwrap();
-        let router = super::router(index(), metrics.toggles());
+        let router = super::router(index(), open(), metrics.toggles());
         let count = |endpoint: &str, code: &str| {
             metrics
                 .toggles()
