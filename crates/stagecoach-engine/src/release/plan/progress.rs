@@ -121,6 +121,61 @@ impl Planner<'_> {
         false
     }
 
+    /// The canary of every workload at `weight`: applied when its size or template
+    /// differs from what the step needs.
+    fn plan_canary(&mut self, index: usize, weight: i32) {
+        let name = self.status.stages[index].name.clone();
+        let namespace = self.status.stages[index].namespace.clone();
+        for workload in self.workloads().to_vec() {
+            let observed = self.observed(&name, &workload.deployment);
+            let (Some(stable), base) = (
+                &observed.stable,
+                observed.recorded.as_ref().map(|r| &r.template),
+            ) else {
+                continue;
+            };
+            let template = canary_template(base.unwrap_or(&stable.template), &workload);
+            let hash = template_hash(&template);
+            let replicas = canary_replicas(weight, stable.replicas);
+            let current = observed.canary.as_ref();
+            if current.is_none_or(|c| {
+                c.replicas != replicas || c.applied_hash.as_deref() != Some(hash.as_str())
+            }) {
+                self.plan.actions.push(Action::ApplyCanary {
+                    namespace: namespace.clone(),
+                    deployment: workload.deployment.clone(),
+                    replicas,
+                    template,
+                    hash,
+                });
+            }
+        }
+    }
+
+    /// The release's images (and rollout label) on every stable Deployment that does not
+    /// run them yet.
+    fn plan_full_rollout(&mut self, index: usize) {
+        let name = self.status.stages[index].name.clone();
+        let namespace = self.status.stages[index].namespace.clone();
+        for workload in self.workloads().to_vec() {
+            let observed = self.observed(&name, &workload.deployment);
+            if let Some(stable) = &observed.stable
+                && (!runs_release_images(&stable.template, &workload)
+                    || !has_rollout_label(&stable.template))
+            {
+                self.plan.actions.push(Action::UpdateStable {
+                    namespace: namespace.clone(),
+                    deployment: workload.deployment.clone(),
+                    images: workload
+                        .containers
+                        .iter()
+                        .map(|c| (c.name.clone(), c.image.clone()))
+                        .collect(),
+                });
+            }
+        }
+    }
+
     #[allow(clippy::too_many_lines)] // one match over the step kinds reads best in one place
     pub(super) fn progress_stage(&mut self, index: usize) {
         let name = self.status.stages[index].name.clone();
@@ -152,99 +207,42 @@ impl Planner<'_> {
         self.status.phase = Some(ReleasePhase::Progressing);
 
         let step_done = if let Some(weight) = step.set_weight {
-            if weight < 100 {
-                for workload in self.workloads().to_vec() {
-                    let observed = self.observed(&name, &workload.deployment);
-                    let (Some(stable), base) = (
-                        &observed.stable,
-                        observed.recorded.as_ref().map(|r| &r.template),
-                    ) else {
-                        continue;
-                    };
-                    let template = canary_template(base.unwrap_or(&stable.template), &workload);
-                    let hash = template_hash(&template);
-                    let replicas = canary_replicas(weight, stable.replicas);
-                    let current = observed.canary.as_ref();
-                    if current.is_none_or(|c| {
-                        c.replicas != replicas || c.applied_hash.as_deref() != Some(hash.as_str())
-                    }) {
-                        self.plan.actions.push(Action::ApplyCanary {
-                            namespace: namespace.clone(),
-                            deployment: workload.deployment.clone(),
-                            replicas,
-                            template,
-                            hash,
-                        });
-                    }
-                }
-                self.status.stages[index].weight = Some(weight);
-                let deadline_passed = self.restart_deadline_if_changing(index, deadline_passed);
-                let (decision, why) =
-                    self.evaluate_gates(index, HealthTarget::Canary { weight }, deadline_passed);
-                if decision == GateDecision::Fail {
-                    let summary = self.gate_summary(index);
-                    self.roll_back(index, why, format!("at {weight}%: {summary}"));
-                    return;
-                }
-                self.status.message = Some(format!(
-                    "stage {name}: {weight}% ({position}), {}",
-                    self.gate_summary(index)
-                ));
-                if decision == GateDecision::Wait {
-                    self.requeue(
-                        remaining(now, deadline_at).clamp(Duration::from_secs(1), WAIT_POLL),
-                    );
-                }
-                decision == GateDecision::Pass && self.plan.actions.is_empty()
+            // The step's change: a canary below 100 %, the stable Deployment itself at 100 %.
+            let target = if weight < 100 {
+                self.plan_canary(index, weight);
+                HealthTarget::Canary { weight }
             } else {
+                self.plan_full_rollout(index);
+                HealthTarget::Stable
+            };
+            self.status.stages[index].weight = Some(weight);
+            let deadline_passed = self.restart_deadline_if_changing(index, deadline_passed);
+            let (decision, why) = self.evaluate_gates(index, target, deadline_passed);
+            if decision == GateDecision::Fail {
+                let summary = self.gate_summary(index);
+                self.roll_back(index, why, format!("at {weight}%: {summary}"));
+                return;
+            }
+            self.status.message = Some(format!(
+                "stage {name}: {weight}% ({position}), {}",
+                self.gate_summary(index)
+            ));
+            if decision == GateDecision::Wait {
+                self.requeue(remaining(now, deadline_at).clamp(Duration::from_secs(1), WAIT_POLL));
+            }
+            let done = decision == GateDecision::Pass && self.plan.actions.is_empty();
+            if done && target == HealthTarget::Stable {
+                // Fully rolled out: the canary has served its purpose.
                 for workload in self.workloads().to_vec() {
-                    let observed = self.observed(&name, &workload.deployment);
-                    if let Some(stable) = &observed.stable
-                        && (!runs_release_images(&stable.template, &workload)
-                            || !has_rollout_label(&stable.template))
-                    {
-                        self.plan.actions.push(Action::UpdateStable {
+                    if self.observed(&name, &workload.deployment).canary.is_some() {
+                        self.plan.actions.push(Action::DeleteCanary {
                             namespace: namespace.clone(),
                             deployment: workload.deployment.clone(),
-                            images: workload
-                                .containers
-                                .iter()
-                                .map(|c| (c.name.clone(), c.image.clone()))
-                                .collect(),
                         });
                     }
                 }
-                self.status.stages[index].weight = Some(100);
-                let deadline_passed = self.restart_deadline_if_changing(index, deadline_passed);
-                let (decision, why) =
-                    self.evaluate_gates(index, HealthTarget::Stable, deadline_passed);
-                if decision == GateDecision::Fail {
-                    let summary = self.gate_summary(index);
-                    self.roll_back(index, why, format!("at 100%: {summary}"));
-                    return;
-                }
-                self.status.message = Some(format!(
-                    "stage {name}: 100% ({position}), {}",
-                    self.gate_summary(index)
-                ));
-                if decision == GateDecision::Wait {
-                    self.requeue(
-                        remaining(now, deadline_at).clamp(Duration::from_secs(1), WAIT_POLL),
-                    );
-                }
-                let done = decision == GateDecision::Pass && self.plan.actions.is_empty();
-                if done {
-                    for workload in self.workloads().to_vec() {
-                        if self.observed(&name, &workload.deployment).canary.is_some() {
-                            self.plan.actions.push(Action::DeleteCanary {
-                                namespace: namespace.clone(),
-                                deployment: workload.deployment.clone(),
-                            });
-                        }
-                    }
-                }
-                done
             }
+            done
         } else {
             let target = match current_weight {
                 0 => HealthTarget::Steady,
