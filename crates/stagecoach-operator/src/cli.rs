@@ -39,6 +39,17 @@ pub struct RunArgs {
     #[arg(long, env = "STAGECOACH_OFREP_ADDR", default_value = "0.0.0.0:8081")]
     pub ofrep_addr: SocketAddr,
 
+    /// A browser origin allowed to call OFREP (CORS), such as https://shop.example.com;
+    /// repeat for several (comma-separated in the environment variable), `*` for any.
+    /// Default: none, no CORS headers are sent.
+    #[arg(
+        long = "ofrep-cors-origin",
+        env = "STAGECOACH_OFREP_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub ofrep_cors_origins: Vec<String>,
+
     /// Log format: text for people, json for one JSON object per line. The level is set
     /// with RUST_LOG (default info), such as RUST_LOG=stagecoach=debug,info.
     #[arg(long, env = "STAGECOACH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -173,6 +184,10 @@ mod tests {
             "json",
             "--namespace",
             "billing",
+            "--ofrep-cors-origin",
+            "https://a.example",
+            "--ofrep-cors-origin",
+            "https://b.example",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {
@@ -182,6 +197,10 @@ mod tests {
         assert_eq!(args.ofrep_addr, "127.0.0.1:9091".parse().unwrap());
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.namespace.as_deref(), Some("billing"));
+        assert_eq!(
+            args.ofrep_cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]

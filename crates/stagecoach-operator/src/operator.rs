@@ -254,6 +254,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     // The labelled token Secrets in the toggle namespaces (see ofrep::Tokens).
     let (ofrep_tokens, token_watch) =
         ofrep::Tokens::watch(scoped_api(&client, namespace), readiness.cache("Secret"));
+    let ofrep_cors = ofrep::Cors::new(args.ofrep_cors_origins.clone());
     let ofrep_server = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         async move {
@@ -262,6 +263,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
                 ofrep_listener,
                 flag_index,
                 ofrep_tokens,
+                ofrep_cors,
                 metrics.toggles(),
                 shutdown.wait(),
             )

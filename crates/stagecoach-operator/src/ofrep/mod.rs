@@ -36,15 +36,23 @@
 //! `Authorization: Bearer <token>`: 401 without one, 403 with a token not its own, 503
 //! until the Secret cache has synced. These are checked before routing.
 //!
+//! CORS ([`Cors`], `--ofrep-cors-origin`): for an allowed `Origin`, a preflight (`OPTIONS`
+//! with `Access-Control-Request-Method`) is answered 204 before the token check (browsers
+//! send no `Authorization` on a preflight), and every answer echoes the origin in
+//! `Access-Control-Allow-Origin` and exposes `ETag`; a preflight from another origin is
+//! answered 403.
+//!
 //! `metadata` carries `flagSetVersion`, the same content version as the stage's ConfigMap.
 //! Answers come from [`FlagIndex`], which the toggle controller keeps current: no API call
 //! per request. The evaluation is [`stagecoach_engine::toggle::evaluate()`], so OFREP, the
 //! flagd flag set and the engine agree on every variant.
 
 pub(crate) mod auth;
+mod cors;
 mod index;
 mod server;
 
 pub use auth::Tokens;
+pub use cors::Cors;
 pub use index::{AppFlags, FlagIndex};
 pub use server::serve;

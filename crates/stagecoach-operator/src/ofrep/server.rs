@@ -21,6 +21,7 @@ use stagecoach_engine::toggle::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use super::Cors;
 use super::auth::{Access, Tokens};
 use super::{AppFlags, FlagIndex};
 use crate::metrics::ToggleMetrics;
@@ -117,7 +118,7 @@ struct OfrepState {
 /// (405 wrong method, 413 body too large, 414 URI too long, 404 unknown path). Not
 /// counted: what hyper answers itself to a request it cannot parse, before any routing
 /// (malformed HTTP, a request line over 64 KiB, a head over about 400 KB).
-pub fn router(index: FlagIndex, tokens: Tokens, metrics: &ToggleMetrics) -> Router {
+pub fn router(index: FlagIndex, tokens: Tokens, cors: Cors, metrics: &ToggleMetrics) -> Router {
     const BASE: &str = "/apps/{namespace}/{application}/stages/{stage}/ofrep/v1/evaluate/flags";
     Router::new()
         .route(&format!("{BASE}/{{key}}"), post(evaluate_one))
@@ -128,6 +129,7 @@ pub fn router(index: FlagIndex, tokens: Tokens, metrics: &ToggleMetrics) -> Rout
             Arc::new(Guard {
                 counters: Counters::new(metrics),
                 tokens,
+                cors,
             }),
             count_and_limit,
         ))
@@ -137,6 +139,7 @@ pub fn router(index: FlagIndex, tokens: Tokens, metrics: &ToggleMetrics) -> Rout
 struct Guard {
     counters: Counters,
     tokens: Tokens,
+    cors: Cors,
 }
 
 /// `(namespace, application)` of a path under `/apps/{namespace}/{application}/`.
@@ -212,7 +215,11 @@ async fn count_and_limit(
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
     let endpoint = Endpoint::of(request.uri().path());
-    let response = if uri_len > MAX_URI_BYTES {
+    let origin = guard.cors.allowed(request.headers());
+    let preflight = guard.cors.preflight(request.method(), request.headers());
+    let mut response = if let Some(preflight) = preflight {
+        preflight
+    } else if uri_len > MAX_URI_BYTES {
         json_response(
             StatusCode::URI_TOO_LONG,
             &Failure {
@@ -237,6 +244,7 @@ async fn count_and_limit(
             None => next.run(request).await,
         }
     };
+    guard.cors.decorate(origin, &mut response);
     counters.count(endpoint, response.status());
     response
 }
@@ -258,10 +266,11 @@ pub async fn serve(
     listener: TcpListener,
     index: FlagIndex,
     tokens: Tokens,
+    cors: Cors,
     metrics: &ToggleMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(index, tokens, metrics))
+    axum::serve(listener, router(index, tokens, cors, metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -651,7 +660,12 @@ mod tests {
     }
 
     fn router() -> Router {
-        super::router(index(), open(), Metrics::new().unwrap().toggles())
+        super::router(
+            index(),
+            open(),
+            Cors::default(),
+            Metrics::new().unwrap().toggles(),
+        )
     }
 
     /// No token Secrets: every application is open.
@@ -714,7 +728,12 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(secret));
         }
         let metrics = Metrics::new().unwrap();
-        let router = super::router(index(), Tokens::new(store.clone(), true), metrics.toggles());
+        let router = super::router(
+            index(),
+            Tokens::new(store.clone(), true),
+            Cors::default(),
+            metrics.toggles(),
+        );
         let count = |code: &str| {
             metrics
                 .toggles()
@@ -787,7 +806,12 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
 
         // Before the Secret cache has synced, nothing is served: 503, not open.
-        let unsynced = super::router(index(), Tokens::new(store, false), metrics.toggles());
+        let unsynced = super::router(
+            index(),
+            Tokens::new(store, false),
+            Cors::default(),
+            metrics.toggles(),
+        );
         let (status, headers, _) = call_with_token(&unsynced, BASE, None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(headers.contains_key(header::RETRY_AFTER));
@@ -979,7 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn every_answer_is_counted_rejections_included() {
         let metrics = Metrics::new().unwrap();
-        let router = super::router(index(), open(), metrics.toggles());
+        let router = super::router(index(), open(), Cors::default(), metrics.toggles());
         let count = |endpoint: &str, code: &str| {
             metrics
                 .toggles()
@@ -1053,6 +1077,115 @@ mod tests {
         assert!(
             text.contains("stagecoach_ofrep_requests_total{code=\"405\",endpoint=\"single\"} 1"),
             "{text}"
+        );
+    }
+
+    async fn call_cors(
+        router: &Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::from("{}")).unwrap())
+            .await
+            .unwrap();
+        (response.status(), response.headers().clone())
+    }
+
+    /// Allowed origins get preflights answered (before the token check) and their
+    /// origin echoed; other origins get no CORS headers; without origins, nothing changes.
+    #[tokio::test]
+    async fn cors_answers_allowed_origins_only() {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(token_secret(
+            "team",
+            "shop-ofrep",
+            "shop",
+            "t",
+        )));
+        let metrics = Metrics::new().unwrap();
+        let cors = Cors::new(["https://shop.example/".to_owned()]);
+        let guarded = super::router(index(), Tokens::new(store, true), cors, metrics.toggles());
+        let router = &guarded;
+        let allowed = ("origin", "https://shop.example");
+        let preflight = [allowed, ("access-control-request-method", "POST")];
+        let (status, headers) = call_cors(router, "OPTIONS", BASE, &preflight).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://shop.example"
+        );
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_METHODS], "POST");
+        assert!(
+            headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+        assert_eq!(headers[header::VARY], "origin");
+
+        let evil = [
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ];
+        let (status, headers) = call_cors(router, "OPTIONS", BASE, &evil).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+        let (status, headers) = call_cors(
+            router,
+            "POST",
+            BASE,
+            &[allowed, ("authorization", "Bearer t")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://shop.example"
+        );
+        assert_eq!(headers[header::ACCESS_CONTROL_EXPOSE_HEADERS], "etag");
+        // A refusal carries the headers too, so the browser can read its body.
+        let (status, headers) = call_cors(router, "POST", BASE, &[allowed]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        let (status, headers) = call_cors(
+            router,
+            "POST",
+            BASE,
+            &[evil[0], ("authorization", "Bearer t")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+        // No origins configured: no CORS headers, a preflight is just a wrong method.
+        let plain = self::router();
+        let router = &plain;
+        let (status, headers) = call_cors(router, "OPTIONS", BASE, &preflight).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        let (_, headers) = call_cors(router, "POST", BASE, &[allowed]).await;
+        assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(!headers.contains_key(header::VARY));
+        // `*` allows any origin.
+        let any = super::router(
+            index(),
+            open(),
+            Cors::new(["*".to_owned()]),
+            metrics.toggles(),
+        );
+        let (status, headers) = call_cors(&any, "OPTIONS", BASE, &evil).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://evil.example"
         );
     }
 
