@@ -50,6 +50,12 @@ pub struct RunArgs {
     )]
     pub ofrep_cors_origins: Vec<String>,
 
+    /// OFREP requests per second allowed to one client (its bearer token, else its
+    /// address), in bursts of up to twice as many; more are answered 429 with
+    /// Retry-After. 0 (the default) turns the limit off.
+    #[arg(long, env = "STAGECOACH_OFREP_RATE_LIMIT", default_value_t = 0)]
+    pub ofrep_rate_limit: u32,
+
     /// Log format: text for people, json for one JSON object per line. The level is set
     /// with RUST_LOG (default info), such as RUST_LOG=stagecoach=debug,info.
     #[arg(long, env = "STAGECOACH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

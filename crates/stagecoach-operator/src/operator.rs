@@ -255,6 +255,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let (ofrep_tokens, token_watch) =
         ofrep::Tokens::watch(scoped_api(&client, namespace), readiness.cache("Secret"));
     let ofrep_cors = ofrep::Cors::new(args.ofrep_cors_origins.clone());
+    let ofrep_limit = ofrep::RateLimit::new(args.ofrep_rate_limit);
     let ofrep_server = {
         let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
         async move {
@@ -264,6 +265,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
                 flag_index,
                 ofrep_tokens,
                 ofrep_cors,
+                ofrep_limit,
                 metrics.toggles(),
                 shutdown.wait(),
             )

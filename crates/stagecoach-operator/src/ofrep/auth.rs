@@ -136,7 +136,7 @@ impl Tokens {
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(super) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let value = value.trim_ascii();
     let (scheme, token) = value.split_at_checked(6)?;
     if !scheme.eq_ignore_ascii_case(b"bearer") {

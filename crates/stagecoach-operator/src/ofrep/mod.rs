@@ -42,6 +42,10 @@
 //! `Access-Control-Allow-Origin` and exposes `ETag`; a preflight from another origin is
 //! answered 403.
 //!
+//! Rate limit ([`RateLimit`], `--ofrep-rate-limit`, off by default): a token bucket per
+//! client (its bearer token, else its peer address); a request over it is answered 429
+//! with `Retry-After`, before anything else is looked at.
+//!
 //! `metadata` carries `flagSetVersion`, the same content version as the stage's ConfigMap.
 //! Answers come from [`FlagIndex`], which the toggle controller keeps current: no API call
 //! per request. The evaluation is [`stagecoach_engine::toggle::evaluate()`], so OFREP, the
@@ -50,9 +54,11 @@
 pub(crate) mod auth;
 mod cors;
 mod index;
+mod limit;
 mod server;
 
 pub use auth::Tokens;
 pub use cors::Cors;
 pub use index::{AppFlags, FlagIndex};
+pub use limit::RateLimit;
 pub use server::serve;

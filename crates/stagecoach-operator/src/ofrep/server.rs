@@ -3,11 +3,13 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +23,9 @@ use stagecoach_engine::toggle::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::Cors;
-use super::auth::{Access, Tokens};
+use super::auth::{Access, Tokens, bearer};
 use super::{AppFlags, FlagIndex};
+use super::{Cors, RateLimit};
 use crate::metrics::ToggleMetrics;
 
 /// The longest request URI (path and query) served; a longer one is answered 414. The
@@ -118,7 +120,13 @@ struct OfrepState {
 /// (405 wrong method, 413 body too large, 414 URI too long, 404 unknown path). Not
 /// counted: what hyper answers itself to a request it cannot parse, before any routing
 /// (malformed HTTP, a request line over 64 KiB, a head over about 400 KB).
-pub fn router(index: FlagIndex, tokens: Tokens, cors: Cors, metrics: &ToggleMetrics) -> Router {
+pub fn router(
+    index: FlagIndex,
+    tokens: Tokens,
+    cors: Cors,
+    limit: RateLimit,
+    metrics: &ToggleMetrics,
+) -> Router {
     const BASE: &str = "/apps/{namespace}/{application}/stages/{stage}/ofrep/v1/evaluate/flags";
     Router::new()
         .route(&format!("{BASE}/{{key}}"), post(evaluate_one))
@@ -130,6 +138,7 @@ pub fn router(index: FlagIndex, tokens: Tokens, cors: Cors, metrics: &ToggleMetr
                 counters: Counters::new(metrics),
                 tokens,
                 cors,
+                limit,
             }),
             count_and_limit,
         ))
@@ -140,6 +149,7 @@ struct Guard {
     counters: Counters,
     tokens: Tokens,
     cors: Cors,
+    limit: RateLimit,
 }
 
 /// `(namespace, application)` of a path under `/apps/{namespace}/{application}/`.
@@ -202,6 +212,24 @@ fn refusal(access: Access, namespace: &str, application: &str) -> Option<Respons
     Some(response)
 }
 
+/// 429 with `Retry-After` (whole seconds, at least 1).
+fn too_many_requests(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let mut response = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &Failure {
+            key: None,
+            error_code: ErrorCode::General.as_str(),
+            error_details: format!("too many requests from this client; retry in {seconds}s"),
+        },
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// Answers 414 for a URI longer than [`MAX_URI_BYTES`], 401/403 for a request an
 /// application's token Secret refuses, and counts every answer.
 async fn count_and_limit(
@@ -216,8 +244,22 @@ async fn count_and_limit(
         .map_or(0, |pq| pq.as_str().len());
     let endpoint = Endpoint::of(request.uri().path());
     let origin = guard.cors.allowed(request.headers());
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let limited = guard
+        .limit
+        .take(authorization.and_then(bearer), peer, Instant::now())
+        .err();
     let preflight = guard.cors.preflight(request.method(), request.headers());
-    let mut response = if let Some(preflight) = preflight {
+    let mut response = if let Some(wait) = limited {
+        too_many_requests(wait)
+    } else if let Some(preflight) = preflight {
         preflight
     } else if uri_len > MAX_URI_BYTES {
         json_response(
@@ -267,12 +309,17 @@ pub async fn serve(
     index: FlagIndex,
     tokens: Tokens,
     cors: Cors,
+    limit: RateLimit,
     metrics: &ToggleMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(index, tokens, cors, metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(index, tokens, cors, limit, metrics);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// The request body of both endpoints; other fields are ignored.
@@ -664,6 +711,7 @@ mod tests {
             index(),
             open(),
             Cors::default(),
+            RateLimit::new(0),
             Metrics::new().unwrap().toggles(),
         )
     }
@@ -732,6 +780,7 @@ mod tests {
             index(),
             Tokens::new(store.clone(), true),
             Cors::default(),
+            RateLimit::new(0),
             metrics.toggles(),
         );
         let count = |code: &str| {
@@ -810,6 +859,7 @@ mod tests {
             index(),
             Tokens::new(store, false),
             Cors::default(),
+            RateLimit::new(0),
             metrics.toggles(),
         );
         let (status, headers, _) = call_with_token(&unsynced, BASE, None).await;
@@ -1003,7 +1053,13 @@ mod tests {
     #[tokio::test]
     async fn every_answer_is_counted_rejections_included() {
         let metrics = Metrics::new().unwrap();
-        let router = super::router(index(), open(), Cors::default(), metrics.toggles());
+        let router = super::router(
+            index(),
+            open(),
+            Cors::default(),
+            RateLimit::new(0),
+            metrics.toggles(),
+        );
         let count = |endpoint: &str, code: &str| {
             metrics
                 .toggles()
@@ -1111,7 +1167,13 @@ mod tests {
         )));
         let metrics = Metrics::new().unwrap();
         let cors = Cors::new(["https://shop.example/".to_owned()]);
-        let guarded = super::router(index(), Tokens::new(store, true), cors, metrics.toggles());
+        let guarded = super::router(
+            index(),
+            Tokens::new(store, true),
+            cors,
+            RateLimit::new(0),
+            metrics.toggles(),
+        );
         let router = &guarded;
         let allowed = ("origin", "https://shop.example");
         let preflight = [allowed, ("access-control-request-method", "POST")];
@@ -1179,6 +1241,7 @@ mod tests {
             index(),
             open(),
             Cors::new(["*".to_owned()]),
+            RateLimit::new(0),
             metrics.toggles(),
         );
         let (status, headers) = call_cors(&any, "OPTIONS", BASE, &evil).await;
@@ -1186,6 +1249,38 @@ mod tests {
         assert_eq!(
             headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://evil.example"
+        );
+    }
+
+    /// Past its bucket a client gets 429 with Retry-After (counted); another client, here
+    /// another bearer token, still gets answers.
+    #[tokio::test]
+    async fn a_client_over_the_rate_limit_gets_429() {
+        let metrics = Metrics::new().unwrap();
+        let router = super::router(
+            index(),
+            open(),
+            Cors::default(),
+            RateLimit::new(1), // bursts of 2
+            metrics.toggles(),
+        );
+        for _ in 0..2 {
+            let (status, _, _) = call_with_token(&router, BASE, None).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, headers, body) = call_with_token(&router, BASE, None).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        assert_eq!(body["errorCode"], "GENERAL");
+        let (status, _, _) = call_with_token(&router, BASE, Some("Bearer other")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            metrics
+                .toggles()
+                .ofrep_requests
+                .with_label_values(&["bulk", "429"])
+                .get(),
+            1
         );
     }
 
