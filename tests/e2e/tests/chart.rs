@@ -124,7 +124,7 @@ async fn install_monitoring_crds(client: &kube::Client) -> Result<()> {
 
 /// Every optional part of the chart switched on, with the lists that have their own
 /// template branches filled in.
-const ALL_OPTIONAL_PARTS: [&str; 14] = [
+const ALL_OPTIONAL_PARTS: [&str; 18] = [
     "--set",
     "serviceMonitor.enabled=true,podMonitor.enabled=true,networkPolicy.enabled=true,dashboard.enabled=true",
     "--set",
@@ -139,6 +139,10 @@ const ALL_OPTIONAL_PARTS: [&str; 14] = [
     r#"networkPolicy.extraIngress=[{"from":[{"podSelector":{"matchLabels":{"app":"debug"}}}],"ports":[{"port":8080,"protocol":"TCP"}]}]"#,
     "--set-json",
     r#"networkPolicy.metrics.podSelector={"matchLabels":{"app.kubernetes.io/name":"prometheus"}}"#,
+    "--set-json",
+    r#"ofrep.corsOrigins=["https://app.example.com"]"#,
+    "--set",
+    "ofrep.rateLimit=50",
 ];
 
 /// The optional parts in a rendering: the monitors, the NetworkPolicy and the dashboard
@@ -256,6 +260,29 @@ fn check_optional_parts(docs: &[Value]) -> Result<()> {
         shipped, file,
         "the ConfigMap carries the chart's dashboard file"
     );
+
+    // OFREP's CORS origins and rate limit reach the operator's command line.
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .context("no Deployment")?;
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .and_then(|i| args.get(i + 1).copied())
+    };
+    assert_eq!(
+        after("--ofrep-cors-origin"),
+        Some("https://app.example.com"),
+        "{args:?}"
+    );
+    assert_eq!(after("--ofrep-rate-limit"), Some("50"), "{args:?}");
     Ok(())
 }
 
