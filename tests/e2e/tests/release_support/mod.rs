@@ -175,6 +175,12 @@ pub fn with_image(template: &Value, image: &str) -> Value {
     out
 }
 
+/// How [`Fixture::finish_with`] ends the operator.
+enum Stop {
+    Term,
+    Kill,
+}
+
 /// What one test works with: the pipeline, its operator, the Releases API, and every
 /// stage's pod template as it was before any release.
 pub struct Fixture {
@@ -474,7 +480,16 @@ impl Fixture {
 
     /// Deletes the Releases (the operator lets them go once it has cleaned up: see its
     /// finalizer), stops the operator and deletes the namespaces.
-    pub async fn finish(mut self) -> Result<()> {
+    pub async fn finish(self) -> Result<()> {
+        self.finish_with(Stop::Term).await
+    }
+
+    /// [`Fixture::finish`], ending the operator with SIGKILL instead of SIGTERM.
+    pub async fn finish_killing(self) -> Result<()> {
+        self.finish_with(Stop::Kill).await
+    }
+
+    async fn finish_with(mut self, stop: Stop) -> Result<()> {
         self.releases
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await?;
@@ -495,7 +510,10 @@ impl Fixture {
             )
         })?;
         if let Some(operator) = self.operator.take() {
-            operator.stop().await?;
+            match stop {
+                Stop::Term => operator.stop().await?,
+                Stop::Kill => operator.kill().await?,
+            }
         }
         println!(
             "{}: done in {:.0}s",
