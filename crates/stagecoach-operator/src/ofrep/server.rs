@@ -693,6 +693,15 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
+        send(router, request, body).await
+    }
+
+    /// Sends one request through the router: (status, headers, body bytes).
+    async fn send(
+        router: &Router,
+        request: axum::http::request::Builder,
+        body: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let response = router
             .clone()
             .oneshot(request.body(Body::from(body.to_owned())).unwrap())
@@ -745,16 +754,7 @@ mod tests {
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
         }
-        let response = router
-            .clone()
-            .oneshot(request.body(Body::from("{}")).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
+        let (status, headers, bytes) = send(router, request, "{}").await;
         (
             status,
             headers,
@@ -1146,12 +1146,8 @@ mod tests {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = router
-            .clone()
-            .oneshot(request.body(Body::from("{}")).unwrap())
-            .await
-            .unwrap();
-        (response.status(), response.headers().clone())
+        let (status, headers, _) = send(router, request, "{}").await;
+        (status, headers)
     }
 
     /// Allowed origins get preflights answered (before the token check) and their
