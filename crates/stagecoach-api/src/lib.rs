@@ -1,4 +1,5 @@
-//! The public API of Stagecoach: the `Release` and `FeatureToggle` custom resources
+//! The public API of Stagecoach: the `Release`, `FeatureToggle`, `Pipeline` and
+//! `Approval` custom resources
 //! (group `stagecoach.dev`, version `v1alpha1`).
 //!
 //! Everything here is data: serde and schemars derives, the validation rules that the
@@ -10,16 +11,21 @@
 //! `kubectl explain release.spec.stages.steps` prints, so they are written for the
 //! person applying a manifest, not for a Rust reader.
 
+pub mod approval;
 pub mod condition;
 pub mod duration;
 pub mod names;
+pub mod pipeline;
 pub mod policy;
 pub mod release;
 pub mod sorted_map;
 pub mod toggle;
+pub mod tz;
 
+pub use approval::{Approval, ApprovalSpec, Decision};
 pub use condition::{Condition, ConditionStatus};
 pub use duration::{DurationError, parse_duration};
+pub use pipeline::{Pipeline, PipelineSpec, PipelineStatus};
 pub use release::{Release, ReleaseSpec, ReleaseStatus};
 pub use toggle::{FeatureToggle, FeatureToggleSpec, FeatureToggleStatus};
 
@@ -35,5 +41,10 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![Release::crd(), FeatureToggle::crd()]
+    vec![
+        Release::crd(),
+        FeatureToggle::crd(),
+        Pipeline::crd(),
+        Approval::crd(),
+    ]
 }

@@ -145,6 +145,11 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     pub url: Option<String>,
+    /// Who wrote the change, as user names the API server knows (kubectl auth whoami).
+    /// An author's approval does not count for this release (four eyes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub authors: Vec<String>,
 }
 
 /// A Deployment the release changes.
@@ -435,6 +440,46 @@ pub struct ReleaseStatus {
     /// each stage took, the gate results and rollbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closing_record: Option<ClosingRecord>,
+    /// Hash of the release's content (the spec without paused and abort), sha256:<hex>.
+    /// Approvals name it: change the images and earlier approvals no longer count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// While waiting for a window, a freeze's end or a major release's notice: the
+    /// earliest time the next stage may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window: Option<DateTime<Utc>>,
+    /// When the release was announced to the pipeline's receivers (its Announced
+    /// notification delivered); a major release's notice counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_at: Option<DateTime<Utc>>,
+    /// The decisions that let the release into a stage or stopped it there, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRecord>,
+}
+
+/// A decision that counted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// Stage the decision was about.
+    pub stage: String,
+    /// Approve or Reject.
+    pub decision: crate::approval::Decision,
+    /// Who decided (as authenticated by the API server).
+    pub approver: String,
+    /// The release digest approved.
+    pub digest: String,
+    /// When the Approval was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    /// The Approval object.
+    pub approval: String,
+    /// An override of windows, freezes and notice.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub r#override: bool,
+    /// The approver's comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// One rollback.
@@ -500,6 +545,7 @@ pub enum ReleasePhase {
     RolledBack,
     Failed,
     Superseded,
+    Rejected,
 }
 
 impl ReleasePhase {
@@ -516,6 +562,7 @@ impl ReleasePhase {
             Self::RolledBack => "RolledBack",
             Self::Failed => "Failed",
             Self::Superseded => "Superseded",
+            Self::Rejected => "Rejected",
         }
     }
 
@@ -524,7 +571,7 @@ impl ReleasePhase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::RolledBack | Self::Failed | Self::Superseded
+            Self::Succeeded | Self::RolledBack | Self::Failed | Self::Superseded | Self::Rejected
         )
     }
 }
@@ -539,6 +586,8 @@ pub enum StagePhase {
     RolledBack,
     Failed,
     Skipped,
+    /// An approver rejected the release before the stage started: nothing rolled out.
+    Rejected,
 }
 
 impl StagePhase {
@@ -552,6 +601,7 @@ impl StagePhase {
             Self::RolledBack => "RolledBack",
             Self::Failed => "Failed",
             Self::Skipped => "Skipped",
+            Self::Rejected => "Rejected",
         }
     }
 }
@@ -651,24 +701,33 @@ pub struct TimelineEntry {
     pub message: String,
 }
 
-/// A stage with its defaults filled in.
+/// A stage with its defaults filled in: what a release does there. Without a Pipeline
+/// it comes from the Release alone; with one, from the two merged (see the engine).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedStage {
     pub name: String,
     /// `None` when neither the manifest nor the default gives a valid namespace.
     pub namespace: Option<String>,
     pub steps: Vec<Step>,
+    pub gates: Vec<Gate>,
+    pub progress_deadline: Option<String>,
+    pub early_life_support: Option<EarlyLifeSupport>,
+    /// Approvals needed to enter the stage (only a Pipeline sets them).
+    pub approval: Option<crate::pipeline::ApprovalPolicy>,
+}
+
+/// The rollout of a stage when nobody sets steps: one step to 100%.
+pub fn default_steps() -> Vec<Step> {
+    vec![Step {
+        set_weight: Some(100),
+        pause: None,
+    }]
 }
 
 impl ReleaseSpec {
-    /// The stages in order, with namespaces and steps defaulted.
+    /// The stages in order, with namespaces and steps defaulted, as the Release alone
+    /// says (no Pipeline).
     pub fn resolved_stages(&self) -> Vec<ResolvedStage> {
-        let default_steps = || {
-            vec![Step {
-                set_weight: Some(100),
-                pause: None,
-            }]
-        };
         match &self.stages {
             Some(stages) => stages
                 .iter()
@@ -679,6 +738,10 @@ impl ReleaseSpec {
                         .clone()
                         .or_else(|| default_stage_namespace(&self.application, &s.name)),
                     steps: s.steps.clone().unwrap_or_else(default_steps),
+                    gates: s.gates.clone(),
+                    progress_deadline: s.progress_deadline.clone(),
+                    early_life_support: s.early_life_support.clone(),
+                    approval: None,
                 })
                 .collect(),
             None => DEFAULT_STAGES
@@ -687,6 +750,10 @@ impl ReleaseSpec {
                     name: (*name).to_owned(),
                     namespace: default_stage_namespace(&self.application, name),
                     steps: default_steps(),
+                    gates: Vec::new(),
+                    progress_deadline: None,
+                    early_life_support: None,
+                    approval: None,
                 })
                 .collect(),
         }
@@ -711,6 +778,7 @@ mod phase_name_tests {
             ReleasePhase::RolledBack,
             ReleasePhase::Failed,
             ReleasePhase::Superseded,
+            ReleasePhase::Rejected,
         ] {
             assert_eq!(
                 serde_json::to_value(phase).ok(),
@@ -725,6 +793,7 @@ mod phase_name_tests {
             StagePhase::RolledBack,
             StagePhase::Failed,
             StagePhase::Skipped,
+            StagePhase::Rejected,
         ] {
             assert_eq!(
                 serde_json::to_value(phase).ok(),

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use stagecoach_api::duration::parse_duration;
-use stagecoach_api::release::Stage;
+use stagecoach_api::release::{ResolvedStage, Stage};
 use stagecoach_api::{FeatureToggleSpec, ReleaseSpec};
 
 /// CamelCase reasons of the `Accepted=False` condition.
@@ -57,15 +57,23 @@ impl std::fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// Checks a Release spec; the first problem found is returned.
+/// Checks a Release spec on its own (no Pipeline); the first problem found is returned.
 pub fn check_release(spec: &ReleaseSpec) -> Result<(), Rejection> {
+    check_release_in(spec, &spec.resolved_stages())
+}
+
+/// Checks a Release spec with the stages it resolves to (its own, or its Pipeline's
+/// merged with it); the first problem found is returned.
+pub fn check_release_in(spec: &ReleaseSpec, stages: &[ResolvedStage]) -> Result<(), Rejection> {
     check_version(&spec.version)?;
-    check_stage_namespaces(spec)?;
-    if let Some(stages) = &spec.stages {
-        for (index, stage) in stages.iter().enumerate() {
+    check_stage_namespaces(&spec.application, stages)?;
+    if let Some(own) = &spec.stages {
+        for (index, stage) in own.iter().enumerate() {
             check_stage_durations(index, stage)?;
-            check_gate_providers(index, stage)?;
         }
+    }
+    for stage in stages {
+        check_gate_providers(stage)?;
     }
     Ok(())
 }
@@ -73,15 +81,15 @@ pub fn check_release(spec: &ReleaseSpec) -> Result<(), Rejection> {
 /// Gate providers (Prometheus, HTTP, Job) are not part of this operator version yet. A
 /// gate nobody can measure would stay Inconclusive and fail the stage at its deadline;
 /// refusing the spec up front says why instead.
-fn check_gate_providers(index: usize, stage: &Stage) -> Result<(), Rejection> {
+fn check_gate_providers(stage: &ResolvedStage) -> Result<(), Rejection> {
     match stage.gates.first() {
         None => Ok(()),
         Some(gate) => Err(Rejection::new(
             reason::UNSUPPORTED_GATE,
             format!(
-                "spec.stages[{index}].gates[0] ({}): this version of the operator evaluates only \
+                "stage {} gate {}: this version of the operator evaluates only \
                  the built-in workload-health gate; remove the gates list or upgrade the operator",
-                gate.name
+                stage.name, gate.name
             ),
         )),
     }
@@ -99,9 +107,9 @@ fn check_version(version: &str) -> Result<(), Rejection> {
     })
 }
 
-fn check_stage_namespaces(spec: &ReleaseSpec) -> Result<(), Rejection> {
+fn check_stage_namespaces(application: &str, stages: &[ResolvedStage]) -> Result<(), Rejection> {
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for stage in spec.resolved_stages() {
+    for stage in stages.iter().cloned() {
         let Some(namespace) = stage.namespace else {
             return Err(Rejection::new(
                 reason::NO_NAMESPACE,
@@ -109,7 +117,7 @@ fn check_stage_namespaces(spec: &ReleaseSpec) -> Result<(), Rejection> {
                     "stage {:?} has no namespace: set its namespace in spec.stages, or use an \
                      application name for which '{}-{}' is a valid namespace name \
                      (lower-case letters, digits and '-', at most 63 characters)",
-                    stage.name, spec.application, stage.name
+                    stage.name, application, stage.name
                 ),
             ));
         };

@@ -5,5 +5,7 @@
 
 pub mod acceptance;
 pub mod admission;
+pub mod pipeline;
 pub mod release;
+pub mod schedule;
 pub mod toggle;

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
-use stagecoach_api::{FeatureToggle, Release};
+use stagecoach_api::{Approval, FeatureToggle, Pipeline, Release};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -161,6 +161,19 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         readiness.cache("ControllerRevision"),
         controller::ManagedFields::Drop,
     );
+    // The policy side of releases: Pipelines and Approvals in the watched namespaces.
+    let (pipeline_cache, pipeline_changes) = controller::cached_watch_with(
+        scoped_api::<Pipeline>(&client, namespace),
+        kube::runtime::watcher::Config::default(),
+        readiness.cache("Pipeline"),
+        controller::ManagedFields::Drop,
+    );
+    let (approval_cache, approval_changes) = controller::cached_watch_with(
+        scoped_api::<Approval>(&client, namespace),
+        kube::runtime::watcher::Config::default(),
+        readiness.cache("Approval"),
+        controller::ManagedFields::Drop,
+    );
     let flag_index = FlagIndex::new(toggle_cache.clone());
     let toggle_ctx = Arc::new(toggle::ToggleContext::new(
         ctx.clone(),
@@ -180,6 +193,8 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let release_ctx = Arc::new(release::ReleaseContext {
         base: ctx.clone(),
         releases: release_cache.clone(),
+        pipelines: pipeline_cache.clone(),
+        approvals: approval_cache,
         caches: workloads::WorkloadCaches {
             deployments: deployment_cache,
             pods: pod_cache,
@@ -193,9 +208,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
             store
                 .state()
                 .iter()
-                .filter(|r| {
-                    workloads::WorkloadCaches::stage_namespaces(&r.spec).contains(&namespace)
-                })
+                .filter(|r| workloads::WorkloadCaches::release_namespaces(r).contains(&namespace))
                 .map(|r| ObjectRef::from_obj(r.as_ref()))
                 .collect::<Vec<_>>()
         }
@@ -203,6 +216,23 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let deployment_mapper = by_namespace(release_cache.clone());
     let pod_mapper = by_namespace(release_cache.clone());
     let revision_mapper = by_namespace(release_cache.clone());
+    // A Pipeline re-plans every release of its application; an Approval its release.
+    let pipeline_mapper = {
+        let store = release_cache.clone();
+        move |p: Pipeline| {
+            let application = p.application().to_owned();
+            store
+                .state()
+                .iter()
+                .filter(|r| r.namespace() == p.namespace() && r.spec.application == application)
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let approval_mapper = |a: Approval| {
+        a.namespace()
+            .map(|ns| ObjectRef::<Release>::new(&a.spec.release).within(&ns))
+    };
     let releases = Controller::for_stream(release_changes, release_cache)
         .watches_stream(deployment_changes, move |d: Deployment| {
             deployment_mapper(d.namespace())
@@ -211,6 +241,8 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         .watches_stream(revision_changes, move |r: ControllerRevision| {
             revision_mapper(r.namespace())
         })
+        .watches_stream(pipeline_changes, pipeline_mapper)
+        .watches_stream(approval_changes, approval_mapper)
         .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());
     // Bounded: a change to an application re-reconciles all its toggles, and thousands of

@@ -18,13 +18,16 @@
 //!    │          ▼    ▼
 //!    ├──────► RolledBack     a gate failed, a deadline passed, abort, the Release deleted
 //!    ├──────► Failed         aborted or deleted before a stage, a Deployment deleted
-//!    └──────► Superseded     a newer release, before a stage this one had not entered
+//!    ├──────► Superseded     a newer release, before a stage this one had not entered
+//!    └──────► Rejected       an approver rejected it before a stage
+//!
+//!  Before any stage (from none, Progressing or Paused, and back to them):
+//!    AwaitingApproval        the Pipeline wants approvals of this digest it lacks
+//!    WaitingForWindow        outside the windows, in a freeze, before a major's notice
 //! ```
 //!
-//! Succeeded, RolledBack, Failed and Superseded are terminal: a terminal release only keeps
-//! rolled-back stages on their recorded revisions and never changes phase again.
-//! `AwaitingApproval` and `WaitingForWindow` are part of the API for the Pipeline's
-//! approvals and release windows and are never entered yet.
+//! Succeeded, RolledBack, Failed, Superseded and Rejected are terminal: a terminal release
+//! only keeps rolled-back stages on their recorded revisions and never changes phase again.
 
 use stagecoach_api::release::ReleasePhase;
 
@@ -32,8 +35,8 @@ use stagecoach_api::release::ReleasePhase;
 /// phase `to`.
 pub fn allowed(from: Option<ReleasePhase>, to: ReleasePhase) -> bool {
     use ReleasePhase::{
-        AwaitingApproval, EarlyLifeSupport, Failed, Paused, Pending, Progressing, RolledBack,
-        Succeeded, Superseded, WaitingForWindow,
+        AwaitingApproval, EarlyLifeSupport, Failed, Paused, Pending, Progressing, Rejected,
+        RolledBack, Succeeded, Superseded, WaitingForWindow,
     };
     let from = from.unwrap_or(Pending);
     if from.is_terminal() {
@@ -45,13 +48,14 @@ pub fn allowed(from: Option<ReleasePhase>, to: ReleasePhase) -> bool {
         return matches!(to, EarlyLifeSupport | Succeeded | RolledBack | Failed);
     }
     match to {
-        // Not entered by the planner yet (approvals, windows); nothing goes back to
-        // Pending.
-        AwaitingApproval | WaitingForWindow | Pending => false,
+        // Nothing goes back to Pending.
+        Pending => false,
         // The last stage reached 100 %: never from a release that has not started.
         EarlyLifeSupport => from != Pending,
-        // Before and during the rollout, and every stage succeeded.
-        Progressing | Paused | RolledBack | Failed | Superseded | Succeeded => true,
+        // Before a stage (approvals, windows, a reject), during the rollout, and every
+        // stage succeeded.
+        AwaitingApproval | WaitingForWindow | Rejected | Progressing | Paused | RolledBack
+        | Failed | Superseded | Succeeded => true,
     }
 }
 
@@ -77,6 +81,11 @@ mod tests {
         assert!(allowed(None, Failed));
         assert!(!allowed(None, EarlyLifeSupport));
         assert!(!allowed(Some(EarlyLifeSupport), ReleasePhase::Pending));
-        assert!(!allowed(Some(Progressing), ReleasePhase::AwaitingApproval));
+        assert!(allowed(Some(Progressing), ReleasePhase::AwaitingApproval));
+        assert!(!allowed(
+            Some(EarlyLifeSupport),
+            ReleasePhase::AwaitingApproval
+        ));
+        assert!(!allowed(Some(ReleasePhase::Rejected), Progressing));
     }
 }

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use stagecoach_api::condition::{self, Condition, ConditionStatus};
 use stagecoach_api::release::{
-    ClosingRecord, ReleasePhase, ReleaseSpec, ReleaseStatus, RollbackRecord, StableRevision, Stage,
+    ClosingRecord, ReleasePhase, ReleaseSpec, ReleaseStatus, RollbackRecord, StableRevision,
     StagePhase, StageRecord, StageStatus, TimelineEntry, Workload,
 };
 use stagecoach_api::{names::DEFAULT_STAGES, parse_duration};
@@ -41,11 +41,16 @@ use super::rollout::{
     runs_release_images, template_hash, with_release_images,
 };
 use crate::acceptance::{ACCEPTED, accepted_condition};
-use crate::admission::check_release;
+use crate::admission::{Rejection, check_release_in};
+use crate::pipeline::{Governing, resolve_stages};
+use stagecoach_api::approval::Approval;
+use stagecoach_api::pipeline::PipelineSpec;
+use stagecoach_api::release::ResolvedStage;
 
 mod conditions;
 mod endings;
 mod enter;
+mod policy;
 mod progress;
 mod world;
 
@@ -92,6 +97,16 @@ pub mod reason {
     pub const RELEASE_DELETED: &str = "ReleaseDeleted";
     /// The promote annotation names nothing this release will end (see [`super::promote`]).
     pub const PROMOTE_IGNORED: &str = "PromoteIgnored";
+    /// The next stage needs approvals it does not have yet.
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    /// Approvals let the release into a stage.
+    pub const APPROVED: &str = "Approved";
+    /// An approver rejected the release at a stage.
+    pub const REJECTED: &str = "Rejected";
+    /// The next stage may not start yet: outside the windows, a freeze, the notice.
+    pub const WAITING_FOR_WINDOW: &str = "WaitingForWindow";
+    /// An override let the stage start outside its schedule.
+    pub const OVERRIDDEN: &str = "ScheduleOverridden";
 }
 
 /// What the planner sees.
@@ -112,6 +127,10 @@ pub struct PlanInput<'a> {
     /// The Release is being deleted (its deletion timestamp is set): the stage in
     /// progress is rolled back, early life support ends, nothing new starts.
     pub deleting: bool,
+    /// The Pipeline the release follows, if its application has one.
+    pub governing: Governing<'a>,
+    /// The Approvals in the release's namespace that name this release.
+    pub approvals: &'a [&'a Approval],
     pub now: DateTime<Utc>,
 }
 
@@ -191,6 +210,10 @@ pub fn plan_release(input: &PlanInput<'_>) -> Plan {
 
 struct Planner<'a> {
     input: &'a PlanInput<'a>,
+    /// The stages the release goes through (its own, or merged into its Pipeline).
+    stages: Vec<ResolvedStage>,
+    /// Why the Pipeline refuses the release, if it does.
+    refusal: Option<Rejection>,
     status: ReleaseStatus,
     plan: Plan,
     degraded: Option<(&'static str, String)>,
@@ -216,8 +239,14 @@ fn remaining(now: DateTime<Utc>, until: DateTime<Utc>) -> Duration {
 
 impl<'a> Planner<'a> {
     fn new(input: &'a PlanInput<'a>) -> Self {
+        let (stages, refusal) = match resolve_stages(input.spec, input.governing) {
+            Ok(stages) => (stages, None),
+            Err(refusal) => (Vec::new(), Some(refusal)),
+        };
         Self {
             input,
+            stages,
+            refusal,
             status: input.status.cloned().unwrap_or_default(),
             plan: Plan {
                 actions: Vec::new(),
@@ -243,15 +272,37 @@ impl<'a> Planner<'a> {
         self.input.spec
     }
 
-    /// The stage's spec, if the release lists stages.
-    fn stage_spec(&self, name: &str) -> Option<&Stage> {
-        self.spec().stages.as_ref()?.iter().find(|s| s.name == name)
+    /// What the release does in stage `name`.
+    fn stage_spec(&self, name: &str) -> Option<&ResolvedStage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The stages and the paused switch, for the promote annotation's checks.
+    fn route(&self) -> super::promote::Route {
+        super::promote::Route {
+            stages: self.stages.clone(),
+            paused: self.spec().paused,
+        }
+    }
+
+    /// The Pipeline the release follows, if any.
+    fn pipeline(&self) -> Option<&'a PipelineSpec> {
+        match self.input.governing {
+            Governing::Pipeline(_, spec) => Some(spec),
+            Governing::None | Governing::Conflict(_) => None,
+        }
     }
 
     fn run(&mut self) {
         self.status.observed_generation = self.input.generation;
-        self.sync_stage_entries();
-        let verdict = check_release(self.spec());
+        self.status.digest = Some(crate::pipeline::digest(self.spec()));
+        let verdict = match &self.refusal {
+            Some(refusal) => Err(refusal.clone()),
+            None => {
+                self.sync_stage_entries();
+                check_release_in(self.spec(), &self.stages)
+            }
+        };
         let accepted = accepted_condition(&verdict, self.input.generation, self.now());
         condition::upsert(&mut self.status.conditions, accepted);
         // A deleted Release is let go whatever its spec: an invalid one must not keep
@@ -296,6 +347,12 @@ impl<'a> Planner<'a> {
                     StagePhase::Failed => {
                         self.finish_release(ReleasePhase::Failed, "a stage failed".into());
                     }
+                    StagePhase::Rejected => {
+                        self.finish_release(
+                            ReleasePhase::Rejected,
+                            "rejected by an approver".into(),
+                        );
+                    }
                     StagePhase::Succeeded | StagePhase::Skipped => {}
                 }
             }
@@ -315,7 +372,7 @@ impl<'a> Planner<'a> {
         if is_terminal(self.status.phase) {
             return;
         }
-        let Some(note) = super::promote::ignored(value, self.spec(), Some(&self.status)) else {
+        let Some(note) = super::promote::ignored(value, &self.route(), Some(&self.status)) else {
             return;
         };
         let said = self
@@ -330,7 +387,7 @@ impl<'a> Planner<'a> {
         // A pause already passed is most likely the promote that ended it, left in the
         // manifest: the condition says where the release waits now, without a Warning.
         let passed = matches!(
-            super::promote::classify(value, self.spec(), Some(&self.status)),
+            super::promote::classify(value, &self.route(), Some(&self.status)),
             super::promote::Meaning::Passed(_)
         );
         if !said && !passed {
@@ -366,7 +423,7 @@ impl<'a> Planner<'a> {
     /// One status entry per resolved stage, in pipeline order; entries of stages that no
     /// longer exist are dropped, progress of those that do is kept.
     fn sync_stage_entries(&mut self) {
-        let resolved = self.spec().resolved_stages();
+        let resolved = self.stages.clone();
         let mut entries = Vec::with_capacity(resolved.len());
         for stage in resolved {
             let existing = self

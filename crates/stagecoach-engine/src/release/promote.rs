@@ -80,14 +80,32 @@ pub enum Position {
     Ended(Option<ReleasePhase>),
 }
 
+/// What the promote logic needs of a release: the stages it goes through (its own, or
+/// merged into its Pipeline) and whether `spec.paused` holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub stages: Vec<ResolvedStage>,
+    pub paused: bool,
+}
+
+impl Route {
+    /// The route of a release without a Pipeline.
+    pub fn of(spec: &ReleaseSpec) -> Self {
+        Self {
+            stages: spec.resolved_stages(),
+            paused: spec.paused,
+        }
+    }
+}
+
 /// Where the release is, from its status (the first stage that is neither Succeeded nor
 /// Skipped, as the planner sees it).
-pub fn position(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Position {
+pub fn position(route: &Route, status: Option<&ReleaseStatus>) -> Position {
     let phase = status.and_then(|s| s.phase);
     if phase.is_some_and(ReleasePhase::is_terminal) {
         return Position::Ended(phase);
     }
-    for stage in spec.resolved_stages() {
+    for stage in route.stages.clone() {
         let entry = status.and_then(|s| s.stages.iter().find(|e| e.name == stage.name));
         match entry.map(|e| (e.phase, e.step)) {
             None | Some((StagePhase::Pending, _)) => return Position::BeforeStage(stage.name),
@@ -100,7 +118,7 @@ pub fn position(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Position 
             Some((StagePhase::EarlyLifeSupport, _)) => {
                 return Position::EarlyLifeSupport(stage.name);
             }
-            Some((StagePhase::RolledBack | StagePhase::Failed, _)) => {
+            Some((StagePhase::RolledBack | StagePhase::Failed | StagePhase::Rejected, _)) => {
                 return Position::Ended(phase);
             }
             Some((StagePhase::Succeeded | StagePhase::Skipped, _)) => {}
@@ -109,40 +127,42 @@ pub fn position(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Position 
     Position::Ended(phase)
 }
 
-fn stage_of(spec: &ReleaseSpec, name: &str) -> Option<(usize, ResolvedStage)> {
-    spec.resolved_stages()
+fn stage_of(route: &Route, name: &str) -> Option<(usize, ResolvedStage)> {
+    route
+        .stages
+        .clone()
         .into_iter()
         .enumerate()
         .find(|(_, s)| s.name == name)
 }
 
-fn step_at(spec: &ReleaseSpec, target: &Target) -> Option<Step> {
-    stage_of(spec, &target.stage).and_then(|(_, s)| s.steps.get(target.step).cloned())
+fn step_at(route: &Route, target: &Target) -> Option<Step> {
+    stage_of(route, &target.stage).and_then(|(_, s)| s.steps.get(target.step).cloned())
 }
 
 /// The release waits at a pause without duration: the annotation it waits for.
-pub fn waiting_for(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Option<Target> {
-    match position(spec, status) {
-        Position::At(at) if step_at(spec, &at).is_some_and(|s| is_open_pause(&s)) => Some(at),
+pub fn waiting_for(route: &Route, status: Option<&ReleaseStatus>) -> Option<Target> {
+    match position(route, status) {
+        Position::At(at) if step_at(route, &at).is_some_and(|s| is_open_pause(&s)) => Some(at),
         _ => None,
     }
 }
 
 /// Where the release is and what it waits for, for people: `at dev/0 (setWeight 100,
 /// step 1 of 2): it waits for the new pods to pass the gates`.
-pub fn describe(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> String {
-    let held = if spec.paused {
+pub fn describe(route: &Route, status: Option<&ReleaseStatus>) -> String {
+    let held = if route.paused {
         "; held by spec.paused (kubectl stagecoach resume)"
     } else {
         ""
     };
-    let text = match position(spec, status) {
+    let text = match position(route, status) {
         Position::BeforeStage(stage) => {
             format!("before stage {stage}: it waits to enter it")
         }
         Position::At(at) => {
-            let steps = stage_of(spec, &at.stage).map_or(0, |(_, s)| s.steps.len());
-            match step_at(spec, &at) {
+            let steps = stage_of(route, &at.stage).map_or(0, |(_, s)| s.steps.len());
+            match step_at(route, &at) {
                 Some(step) => {
                     let waits = if is_open_pause(&step) {
                         format!("it waits for promotion ({PROMOTE_ANNOTATION}={at})")
@@ -194,11 +214,11 @@ pub enum Meaning {
 }
 
 /// What the annotation value `value` means for this release.
-pub fn classify(value: &str, spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Meaning {
+pub fn classify(value: &str, route: &Route, status: Option<&ReleaseStatus>) -> Meaning {
     let Some(target) = parse(value) else {
         return Meaning::Malformed;
     };
-    let Some((stage_index, stage)) = stage_of(spec, &target.stage) else {
+    let Some((stage_index, stage)) = stage_of(route, &target.stage) else {
         return Meaning::UnknownStage(target);
     };
     let Some(step) = stage.steps.get(target.step) else {
@@ -213,8 +233,8 @@ pub fn classify(value: &str, spec: &ReleaseSpec, status: Option<&ReleaseStatus>)
             target,
         };
     }
-    let index_of = |name: &str| stage_of(spec, name).map_or(usize::MAX, |(i, _)| i);
-    let passed = match position(spec, status) {
+    let index_of = |name: &str| stage_of(route, name).map_or(usize::MAX, |(i, _)| i);
+    let passed = match position(route, status) {
         Position::BeforeStage(current) => stage_index < index_of(&current),
         Position::At(at) if at == target => return Meaning::Current(target),
         Position::At(at) => (stage_index, target.step) < (index_of(&at.stage), at.step),
@@ -231,13 +251,13 @@ pub fn classify(value: &str, spec: &ReleaseSpec, status: Option<&ReleaseStatus>)
 /// `None` when it is fine: it ends the current pause, waits for a pause ahead, or names a
 /// pause already passed while the release does not wait at another one (that is the
 /// promote that ended it).
-pub fn ignored(value: &str, spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Option<String> {
+pub fn ignored(value: &str, route: &Route, status: Option<&ReleaseStatus>) -> Option<String> {
     let what = format!("annotation {PROMOTE_ANNOTATION}={value} is ignored");
-    let here = describe(spec, status);
-    let why = match classify(value, spec, status) {
+    let here = describe(route, status);
+    let why = match classify(value, route, status) {
         Meaning::Current(_) | Meaning::Early(_) => return None,
         Meaning::Passed(target) => {
-            waiting_for(spec, status)?;
+            waiting_for(route, status)?;
             format!("the release has already passed {target}")
         }
         Meaning::NotAPause { target, kind } => format!(
@@ -252,7 +272,9 @@ pub fn ignored(value: &str, spec: &ReleaseSpec, status: Option<&ReleaseStatus>) 
         Meaning::UnknownStage(target) => format!(
             "this release has no stage {} (its stages: {})",
             target.stage,
-            spec.resolved_stages()
+            route
+                .stages
+                .clone()
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect::<Vec<_>>()
@@ -266,18 +288,18 @@ pub fn ignored(value: &str, spec: &ReleaseSpec, status: Option<&ReleaseStatus>) 
 /// The pause `kubectl stagecoach promote` ends: the first pause without duration at or
 /// after the current step of the stage in progress (from step 0 of a stage not entered
 /// yet). `Err` says where the release is and why there is nothing to promote.
-pub fn next_pause(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Result<Target, String> {
-    let (stage, from) = match position(spec, status) {
+pub fn next_pause(route: &Route, status: Option<&ReleaseStatus>) -> Result<Target, String> {
+    let (stage, from) = match position(route, status) {
         Position::BeforeStage(stage) => (stage, 0),
         Position::At(at) => (at.stage, at.step),
         Position::EarlyLifeSupport(_) | Position::Ended(_) => {
             return Err(format!(
                 "the release is {}: no pause is left to promote",
-                describe(spec, status)
+                describe(route, status)
             ));
         }
     };
-    let steps = stage_of(spec, &stage)
+    let steps = stage_of(route, &stage)
         .map(|(_, s)| s.steps)
         .unwrap_or_default();
     steps
@@ -293,7 +315,7 @@ pub fn next_pause(spec: &ReleaseSpec, status: Option<&ReleaseStatus>) -> Result<
             format!(
                 "stage {stage} has no pause without duration at or after step {stage}/{from}, \
                  so there is nothing to promote; the release is {}",
-                describe(spec, status)
+                describe(route, status)
             )
         })
 }
@@ -423,10 +445,10 @@ mod tests {
     fn an_annotation_naming_the_pause_the_release_is_at_ends_it() {
         let status = at("dev", 1);
         assert_eq!(
-            classify("dev/1", &spec(), Some(&status)),
+            classify("dev/1", &Route::of(&spec()), Some(&status)),
             Meaning::Current(target("dev", 1))
         );
-        assert_eq!(ignored("dev/1", &spec(), Some(&status)), None);
+        assert_eq!(ignored("dev/1", &Route::of(&spec()), Some(&status)), None);
     }
 
     #[test]
@@ -439,9 +461,13 @@ mod tests {
             ("prod/2", Some(at("prod", 0))),
             ("prod/4", Some(at("prod", 2))),
         ] {
-            let meaning = classify(value, &spec, status.as_ref());
+            let meaning = classify(value, &Route::of(&spec), status.as_ref());
             assert!(matches!(meaning, Meaning::Early(_)), "{value}: {meaning:?}");
-            assert_eq!(ignored(value, &spec, status.as_ref()), None, "{value}");
+            assert_eq!(
+                ignored(value, &Route::of(&spec), status.as_ref()),
+                None,
+                "{value}"
+            );
         }
     }
 
@@ -451,14 +477,14 @@ mod tests {
         // Just promoted: the release runs 100 % in prod, nothing to report.
         let running = at("prod", 3);
         assert_eq!(
-            classify("prod/2", &spec, Some(&running)),
+            classify("prod/2", &Route::of(&spec), Some(&running)),
             Meaning::Passed(target("prod", 2))
         );
-        assert_eq!(ignored("prod/2", &spec, Some(&running)), None);
+        assert_eq!(ignored("prod/2", &Route::of(&spec), Some(&running)), None);
         // Now it waits at prod/4 and the annotation still says prod/2 (or dev/1).
         let waiting = at("prod", 4);
         for value in ["prod/2", "dev/1"] {
-            let note = ignored(value, &spec, Some(&waiting)).unwrap();
+            let note = ignored(value, &Route::of(&spec), Some(&waiting)).unwrap();
             assert!(note.contains("already passed"), "{note}");
             assert!(
                 note.contains("it waits for promotion (stagecoach.dev/promote=prod/4)"),
@@ -491,7 +517,7 @@ mod tests {
             ("dev", "it is not <stage>/<step index>"),
         ];
         for (value, why) in cases {
-            let note = ignored(value, &spec, Some(&status)).unwrap();
+            let note = ignored(value, &Route::of(&spec), Some(&status)).unwrap();
             assert!(
                 note.starts_with(&format!(
                     "annotation stagecoach.dev/promote={value} is ignored: {why}"
@@ -510,7 +536,7 @@ mod tests {
 
     #[test]
     fn the_issue_case_an_old_promote_of_step_0_is_reported_at_the_pause() {
-        let note = ignored("dev/0", &spec(), Some(&at("dev", 1))).unwrap();
+        let note = ignored("dev/0", &Route::of(&spec()), Some(&at("dev", 1))).unwrap();
         assert!(note.contains("setWeight 100"), "{note}");
         assert!(note.contains("stagecoach.dev/promote=dev/1"), "{note}");
     }
@@ -518,16 +544,22 @@ mod tests {
     #[test]
     fn the_plugin_promotes_the_next_pause_without_duration_of_the_stage_in_progress() {
         let spec = spec();
-        assert_eq!(next_pause(&spec, None), Ok(target("dev", 1)));
-        assert_eq!(next_pause(&spec, Some(&at("dev", 0))), Ok(target("dev", 1)));
-        assert_eq!(next_pause(&spec, Some(&at("dev", 1))), Ok(target("dev", 1)));
+        assert_eq!(next_pause(&Route::of(&spec), None), Ok(target("dev", 1)));
+        assert_eq!(
+            next_pause(&Route::of(&spec), Some(&at("dev", 0))),
+            Ok(target("dev", 1))
+        );
+        assert_eq!(
+            next_pause(&Route::of(&spec), Some(&at("dev", 1))),
+            Ok(target("dev", 1))
+        );
         // The timed pause prod/1 is skipped: it ends by itself.
         assert_eq!(
-            next_pause(&spec, Some(&at("prod", 0))),
+            next_pause(&Route::of(&spec), Some(&at("prod", 0))),
             Ok(target("prod", 2))
         );
         assert_eq!(
-            next_pause(&spec, Some(&at("prod", 3))),
+            next_pause(&Route::of(&spec), Some(&at("prod", 3))),
             Ok(target("prod", 4))
         );
     }
@@ -536,7 +568,7 @@ mod tests {
     fn the_plugin_refuses_when_the_stage_has_no_pause_left() {
         let mut spec = spec();
         spec.stages.as_mut().unwrap()[0].steps = Some(vec![weight(50), weight(100)]);
-        let err = next_pause(&spec, Some(&at("dev", 1))).unwrap_err();
+        let err = next_pause(&Route::of(&spec), Some(&at("dev", 1))).unwrap_err();
         assert_eq!(
             err,
             "stage dev has no pause without duration at or after step dev/1, so there is \
@@ -546,14 +578,14 @@ mod tests {
         let mut ended = at("prod", 4);
         ended.phase = Some(ReleasePhase::RolledBack);
         assert_eq!(
-            next_pause(&spec, Some(&ended)).unwrap_err(),
+            next_pause(&Route::of(&spec), Some(&ended)).unwrap_err(),
             "the release is finished (RolledBack): no pause is left to promote"
         );
         let mut els = at("prod", 5);
         els.phase = Some(ReleasePhase::EarlyLifeSupport);
         els.stages[1].phase = StagePhase::EarlyLifeSupport;
         assert!(
-            next_pause(&spec, Some(&els))
+            next_pause(&Route::of(&spec), Some(&els))
                 .unwrap_err()
                 .contains("early life support in stage prod")
         );

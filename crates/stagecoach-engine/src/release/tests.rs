@@ -294,6 +294,8 @@ fn plan_once(
         observed: &observed,
         gate_measurements: &gates,
         others,
+        governing: crate::pipeline::Governing::None,
+        approvals: &[],
         deleting: false,
         now,
     })
@@ -642,6 +644,8 @@ fn a_missing_deployment_is_a_condition_not_a_crash() {
         observed: &observed,
         gate_measurements: &gates,
         others: &[],
+        governing: crate::pipeline::Governing::None,
+        approvals: &[],
         deleting: false,
         now: t0(),
     });
@@ -1011,6 +1015,8 @@ fn a_deleted_deployment_fails_the_stage_at_once_without_claiming_a_rollback() {
         observed: &observed,
         gate_measurements: &gates,
         others: &[],
+        governing: crate::pipeline::Governing::None,
+        approvals: &[],
         deleting: false,
         now,
     });
@@ -1059,6 +1065,8 @@ fn plan_deleting(
         observed: &observed,
         gate_measurements: &gates,
         others: &[],
+        governing: crate::pipeline::Governing::None,
+        approvals: &[],
         deleting: true,
         now,
     })
@@ -1488,6 +1496,8 @@ fn kstatus_conditions_table() {
             observed: &observed,
             gate_measurements: &gates,
             others: &[],
+            governing: crate::pipeline::Governing::None,
+            approvals: &[],
             deleting: false,
             now: t0(),
         })
@@ -1623,4 +1633,395 @@ fn a_deleted_release_with_a_spec_that_was_never_accepted_still_ends() {
         plan.status.phase
     );
     assert!(plan.actions.is_empty());
+}
+
+// ----- the Pipeline's policy: approvals, rejects, windows ------------------------------------
+
+mod policy {
+    use super::*;
+    use crate::pipeline::Governing;
+    use stagecoach_api::approval::{Approval, ApprovalSpec, Decision};
+    use stagecoach_api::pipeline::PipelineSpec;
+
+    fn pipeline(extra: Value) -> PipelineSpec {
+        let mut base = json!({
+            "stages": [
+                {"name": "dev"}, {"name": "qa"}, {"name": "demo"},
+                {"name": "prod", "approval": {"required": 2}}
+            ]
+        });
+        if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+            base.extend(extra.clone());
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn approval(approver: &str, decision: Decision, digest: &str, stage: &str) -> Approval {
+        let mut a = Approval::new(
+            &format!("{approver}-{stage}"),
+            ApprovalSpec {
+                release: "shop-2.0.0".into(),
+                stage: stage.into(),
+                decision,
+                approver: approver.into(),
+                release_digest: digest.into(),
+                comment: Some("looks good".into()),
+                r#override: false,
+            },
+        );
+        a.metadata.creation_timestamp =
+            Some(serde_json::from_value(json!(t0().to_rfc3339())).unwrap());
+        a
+    }
+
+    /// Plans until `done` or `limit` reconciles, one second apart.
+    fn run(
+        spec: &ReleaseSpec,
+        pipeline: &PipelineSpec,
+        approvals: &[Approval],
+        mut world: World,
+        mut status: Option<ReleaseStatus>,
+        mut now: DateTime<Utc>,
+        limit: usize,
+        done: impl Fn(&ReleaseStatus) -> bool,
+    ) -> (ReleaseStatus, World, Vec<PlannedEvent>, DateTime<Utc>) {
+        let refs: Vec<&Approval> = approvals.iter().collect();
+        let mut events = Vec::new();
+        let annotations = BTreeMap::new();
+        let gates = BTreeMap::new();
+        for _ in 0..limit {
+            let observed = world.observe(&spec.workloads[0].containers[0].image);
+            let plan = plan_release(&PlanInput {
+                name: "shop-2.0.0",
+                generation: Some(1),
+                created: t0(),
+                annotations: &annotations,
+                spec,
+                status: status.as_ref(),
+                observed: &observed,
+                gate_measurements: &gates,
+                others: &[],
+                governing: Governing::Pipeline("shop", pipeline),
+                approvals: &refs,
+                deleting: false,
+                now,
+            });
+            world.apply(&plan.actions, plan.actions.len());
+            events.extend(plan.events);
+            status = Some(plan.status);
+            now += chrono::Duration::seconds(1);
+            if done(status.as_ref().unwrap()) {
+                break;
+            }
+        }
+        (status.unwrap(), world, events, now)
+    }
+
+    fn plain_spec() -> ReleaseSpec {
+        ReleaseSpec {
+            stages: None,
+            ..spec("shop/api:2.0.0", vec![weight(100)])
+        }
+    }
+
+    #[test]
+    fn a_release_waits_for_two_approvals_of_its_digest_before_prod() {
+        let spec = plain_spec();
+        let pipeline = pipeline(json!({}));
+        let (status, world, events, now) =
+            run(&spec, &pipeline, &[], World::new(), None, t0(), 200, |s| {
+                s.phase == Some(ReleasePhase::AwaitingApproval)
+            });
+        assert_eq!(status.current_stage.as_deref(), Some("prod"));
+        assert_eq!(stage_phase(&status, "demo"), StagePhase::Succeeded);
+        assert_eq!(stage_phase(&status, "prod"), StagePhase::Pending);
+        assert_eq!(world.stages["prod"].stable, template("shop/api:1.0.0"));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "Ready")
+            .unwrap();
+        assert_eq!(ready.reason, reason::AWAITING_APPROVAL);
+        assert!(
+            ready.message.contains("stage prod needs 2 approvals"),
+            "{}",
+            ready.message
+        );
+        assert!(ready.message.contains("0 given"), "{}", ready.message);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.reason == reason::AWAITING_APPROVAL)
+                .count(),
+            1
+        );
+        let digest = status.digest.clone().unwrap();
+
+        // One approval of the digest, one of an earlier digest, one by an author: not enough.
+        let mut authored = spec.clone();
+        authored.changes = vec![stagecoach_api::release::Change {
+            id: "PR-1".into(),
+            title: "t".into(),
+            url: None,
+            authors: vec!["carol".into()],
+        }];
+        let old = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let approvals = [
+            approval("alice", Decision::Approve, &digest, "prod"),
+            approval("bob", Decision::Approve, old, "prod"),
+        ];
+        let (status, world, events, now) = run(
+            &spec,
+            &pipeline,
+            &approvals,
+            world,
+            Some(status),
+            now,
+            5,
+            |_| false,
+        );
+        assert_eq!(status.phase, Some(ReleasePhase::AwaitingApproval));
+        assert!(events.is_empty(), "the wait is announced once: {events:?}");
+        let message = status.message.clone().unwrap();
+        assert!(message.contains("1 given (alice)"), "{message}");
+        assert!(
+            message.contains("bob approved an earlier version"),
+            "{message}"
+        );
+
+        let approvals = [
+            approval("alice", Decision::Approve, &digest, "prod"),
+            approval("dave", Decision::Approve, &digest, "prod"),
+        ];
+        let (status, world, _, _) = run(
+            &spec,
+            &pipeline,
+            &approvals,
+            world,
+            Some(status),
+            now,
+            400,
+            |s| s.phase == Some(ReleasePhase::EarlyLifeSupport),
+        );
+        assert_eq!(status.phase, Some(ReleasePhase::EarlyLifeSupport));
+        assert_eq!(
+            World::image_of(&world.stages["prod"].stable),
+            "shop/api:2.0.0"
+        );
+        let who: Vec<&str> = status
+            .approvals
+            .iter()
+            .map(|a| a.approver.as_str())
+            .collect();
+        assert_eq!(who, ["alice", "dave"]);
+        assert!(status.timeline.iter().any(|t| t.reason == reason::APPROVED));
+    }
+
+    #[test]
+    fn an_approval_by_an_author_of_a_change_does_not_count() {
+        let mut spec = plain_spec();
+        spec.changes = vec![stagecoach_api::release::Change {
+            id: "PR-1".into(),
+            title: "t".into(),
+            url: None,
+            authors: vec!["carol".into()],
+        }];
+        let pipeline = pipeline(json!({}));
+        let (status, world, _, now) =
+            run(&spec, &pipeline, &[], World::new(), None, t0(), 200, |s| {
+                s.phase == Some(ReleasePhase::AwaitingApproval)
+            });
+        let digest = status.digest.clone().unwrap();
+        let approvals = [
+            approval("alice", Decision::Approve, &digest, "prod"),
+            approval("carol", Decision::Approve, &digest, "prod"),
+        ];
+        let (status, _, _, _) = run(
+            &spec,
+            &pipeline,
+            &approvals,
+            world,
+            Some(status),
+            now,
+            5,
+            |_| false,
+        );
+        assert_eq!(status.phase, Some(ReleasePhase::AwaitingApproval));
+        assert!(status.message.unwrap().contains("carol is an author"));
+    }
+
+    #[test]
+    fn a_reject_ends_the_release_with_nothing_rolled_out_at_that_stage() {
+        let spec = plain_spec();
+        let pipeline = pipeline(json!({}));
+        let (status, world, _, now) =
+            run(&spec, &pipeline, &[], World::new(), None, t0(), 200, |s| {
+                s.phase == Some(ReleasePhase::AwaitingApproval)
+            });
+        let digest = status.digest.clone().unwrap();
+        let approvals = [
+            approval("alice", Decision::Approve, &digest, "prod"),
+            approval("erin", Decision::Reject, &digest, "prod"),
+            approval("dave", Decision::Approve, &digest, "prod"),
+        ];
+        let (status, world, events, _) = run(
+            &spec,
+            &pipeline,
+            &approvals,
+            world,
+            Some(status),
+            now,
+            3,
+            |_| false,
+        );
+        assert_eq!(status.phase, Some(ReleasePhase::Rejected));
+        assert_eq!(stage_phase(&status, "prod"), StagePhase::Rejected);
+        assert_eq!(world.stages["prod"].stable, template("shop/api:1.0.0"));
+        assert!(
+            world.stages["prod"].recorded.is_none(),
+            "nothing recorded: never entered"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.reason == reason::REJECTED)
+                .count(),
+            1
+        );
+        assert_eq!(
+            status.approvals.last().map(|a| a.approver.as_str()),
+            Some("erin")
+        );
+        let (_, stalled) = kstatus(&status);
+        assert_eq!(stalled.as_deref(), Some(reason::REJECTED));
+    }
+
+    #[test]
+    fn a_release_outside_its_window_waits_and_starts_when_it_opens() {
+        let spec = plain_spec();
+        // t0 is Thursday 2026-11-26 09:00 UTC (10:00 in Stockholm); the window opens at 11:00.
+        let pipeline = pipeline(json!({
+            "stages": [{"name": "dev"}, {"name": "qa"}, {"name": "demo"}, {"name": "prod"}],
+            "releaseTypes": {"minor": {"windows": [
+                {"days": ["Thu"], "start": "11:00", "end": "12:00", "timeZone": "Europe/Stockholm"}
+            ]}}
+        }));
+        let (status, world, events, now) =
+            run(&spec, &pipeline, &[], World::new(), None, t0(), 3, |_| {
+                false
+            });
+        assert_eq!(status.phase, Some(ReleasePhase::WaitingForWindow));
+        assert_eq!(stage_phase(&status, "dev"), StagePhase::Pending);
+        let opens = Utc.with_ymd_and_hms(2026, 11, 26, 10, 0, 0).unwrap();
+        assert_eq!(status.next_window, Some(opens));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.reason == reason::WAITING_FOR_WINDOW)
+                .count(),
+            1
+        );
+        let (status, _, _, _) = run(
+            &spec,
+            &pipeline,
+            &[],
+            world.clone(),
+            Some(status.clone()),
+            now,
+            3,
+            |_| false,
+        );
+        assert_eq!(status.phase, Some(ReleasePhase::WaitingForWindow));
+        // At the opening the first stage starts.
+        let (status, _, _, _) = run(&spec, &pipeline, &[], world, Some(status), opens, 1, |_| {
+            false
+        });
+        assert_eq!(status.phase, Some(ReleasePhase::Progressing));
+        assert_eq!(stage_phase(&status, "dev"), StagePhase::Progressing);
+        assert_eq!(status.next_window, None);
+    }
+
+    #[test]
+    fn a_freeze_blocks_entry_but_not_a_rollback_and_an_override_lets_the_stage_start() {
+        let mut spec = plain_spec();
+        spec.workloads[0].containers[0].image = "shop/api:bad".into();
+        let frozen_from = t0() + chrono::Duration::seconds(20);
+        let pipeline = pipeline(json!({
+            "stages": [{"name": "dev"}, {"name": "qa"}, {"name": "demo"}, {"name": "prod"}],
+            "freezes": [{"from": frozen_from.to_rfc3339(), "to": (t0() + chrono::Duration::days(3)).to_rfc3339(), "reason": "year-end"}]
+        }));
+        // dev starts before the freeze; the bad image fails and is rolled back during it.
+        let (status, world, _, _) =
+            run(&spec, &pipeline, &[], World::new(), None, t0(), 900, |s| {
+                s.phase.is_some_and(ReleasePhase::is_terminal)
+            });
+        assert_eq!(status.phase, Some(ReleasePhase::RolledBack));
+        assert_eq!(world.stages["dev"].stable, template("shop/api:1.0.0"));
+
+        // A good release during the freeze waits, until an override lets it in.
+        let spec = plain_spec();
+        let during = t0() + chrono::Duration::hours(1);
+        let (status, world, _, now) =
+            run(&spec, &pipeline, &[], World::new(), None, during, 3, |_| {
+                false
+            });
+        assert_eq!(status.phase, Some(ReleasePhase::WaitingForWindow));
+        assert!(
+            status.message.clone().unwrap().contains("year-end"),
+            "{:?}",
+            status.message
+        );
+        let mut emergency = approval(
+            "olga",
+            Decision::Approve,
+            status.digest.as_deref().unwrap(),
+            "dev",
+        );
+        emergency.spec.r#override = true;
+        let (status, _, events, _) = run(
+            &spec,
+            &pipeline,
+            &[emergency],
+            world,
+            Some(status),
+            now,
+            1,
+            |_| false,
+        );
+        assert_eq!(stage_phase(&status, "dev"), StagePhase::Progressing);
+        assert!(events.iter().any(|e| e.reason == reason::OVERRIDDEN));
+        assert!(
+            status
+                .approvals
+                .iter()
+                .any(|a| a.r#override && a.approver == "olga")
+        );
+    }
+
+    #[test]
+    fn a_release_that_contradicts_its_pipeline_is_refused_and_touches_nothing() {
+        let spec = spec("shop/api:2.0.0", vec![weight(100)]);
+        let pipeline = pipeline(json!({
+            "stages": [{"name": "dev"}, {"name": "prod", "steps": [{"setWeight": 10}, {"setWeight": 100}]}]
+        }));
+        let (status, world, _, _) = run(&spec, &pipeline, &[], World::new(), None, t0(), 5, |_| {
+            false
+        });
+        let accepted = status
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "Accepted")
+            .unwrap();
+        assert_eq!(accepted.status, stagecoach_api::ConditionStatus::False);
+        assert_eq!(
+            accepted.reason,
+            crate::pipeline::reason::CONTRADICTS_PIPELINE
+        );
+        assert!(
+            accepted.message.contains("stage qa is not in the pipeline"),
+            "{}",
+            accepted.message
+        );
+        assert_eq!(world, World::new());
+    }
 }

@@ -82,7 +82,7 @@ pub fn reached_stages(release: &Release) -> Vec<String> {
                 later_reached = true;
                 reached.push(stage.name.clone());
             }
-            StagePhase::RolledBack | StagePhase::Failed => {}
+            StagePhase::RolledBack | StagePhase::Failed | StagePhase::Rejected => {}
             StagePhase::Pending | StagePhase::Progressing | StagePhase::Skipped => {
                 if later_reached {
                     reached.push(stage.name.clone());

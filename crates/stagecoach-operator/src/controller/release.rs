@@ -9,8 +9,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use stagecoach_api::Release;
-use stagecoach_api::release::ReleasePhase;
+use stagecoach_api::release::{ReleasePhase, ResolvedStage};
+use stagecoach_api::{Approval, Pipeline, Release};
+use stagecoach_engine::pipeline::{Governing, pipelines_of, resolve_stages};
 use stagecoach_engine::release::observed::OtherRelease;
 use stagecoach_engine::release::{Plan, PlanInput, plan_release};
 use tracing::{debug, info, instrument, warn};
@@ -43,6 +44,9 @@ const STALE_RETRY: Duration = Duration::from_millis(500);
 pub struct ReleaseContext {
     pub base: Arc<Context>,
     pub releases: Store<Release>,
+    /// Pipelines (the policy releases follow) and Approvals (decisions about releases).
+    pub pipelines: Store<Pipeline>,
+    pub approvals: Store<Approval>,
     pub caches: WorkloadCaches,
     /// The resource versions of this operator's last writes (see [`WriteFence`]).
     pub fence: WriteFence,
@@ -121,9 +125,39 @@ async fn reconcile_release(
     if deleting && !has_finalizer {
         return Ok(Action::await_change());
     }
-    ctx.caches.ready(&release.spec).await;
+    // The policy: the application's Pipeline (from the cache; a Pipeline change
+    // re-reconciles its releases) and the Approvals naming this release.
+    let namespace = release.namespace().unwrap_or_default();
+    let pipelines: Vec<Arc<Pipeline>> = ctx
+        .pipelines
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .collect();
+    let pipeline_refs: Vec<&Pipeline> = pipelines.iter().map(AsRef::as_ref).collect();
+    let claiming = pipelines_of(&release.spec.application, &pipeline_refs);
+    let conflict: Vec<String> = claiming.iter().map(|p| p.name_any()).collect();
+    let pipeline_name = claiming.first().map(|p| p.name_any()).unwrap_or_default();
+    let governing = match claiming.as_slice() {
+        [] => Governing::None,
+        [one] => Governing::Pipeline(&pipeline_name, &one.spec),
+        _ => Governing::Conflict(&conflict),
+    };
+    let release_name = release.name_any();
+    let approvals: Vec<Arc<Approval>> = ctx
+        .approvals
+        .state()
+        .into_iter()
+        .filter(|a| {
+            a.namespace().as_deref() == Some(namespace.as_str()) && a.spec.release == release_name
+        })
+        .collect();
+    let approval_refs: Vec<&Approval> = approvals.iter().map(AsRef::as_ref).collect();
+    let stages = io_stages(release, governing);
+
+    ctx.caches.ready(&stages).await;
     // Never decide from a view older than our own last write.
-    if let Some(stale) = stale_view(release, key, ctx) {
+    if let Some(stale) = stale_view(release, key, ctx, &stages) {
         debug!(%stale, "cache behind the operator's last write; waiting for it");
         ctx.base.metrics.releases().stale_views.inc();
         return Ok(Action::requeue(STALE_RETRY));
@@ -140,7 +174,9 @@ async fn reconcile_release(
     }
 
     // Observe (no client required): caches only.
-    let observed = ctx.caches.observe(&release.name_any(), &release.spec);
+    let observed = ctx
+        .caches
+        .observe(&release.name_any(), &release.spec, &stages);
     let others = siblings(release, &ctx.releases);
     let annotations: BTreeMap<String, String> = release.annotations().clone();
     let gate_measurements = BTreeMap::new();
@@ -157,6 +193,8 @@ async fn reconcile_release(
         gate_measurements: &gate_measurements,
         others: &others,
         deleting,
+        governing,
+        approvals: &approval_refs,
         now: status_now(),
     });
 
@@ -185,7 +223,13 @@ async fn reconcile_release(
     if deleting && terminal && plan.actions.is_empty() {
         // Converged: every stage is where the release leaves it. Drop what only this
         // release needed, then let the object go.
-        workloads::delete_revisions(&ctx.base.client, &release.name_any(), &release.spec).await?;
+        workloads::delete_revisions(
+            &ctx.base.client,
+            &release.name_any(),
+            &release.spec,
+            &stages,
+        )
+        .await?;
         set_finalizer(ctx, key, false).await?;
         info!("cleaned up; the Release can go");
         return Ok(Action::await_change());
@@ -205,13 +249,45 @@ fn fence_key(key: &ObjectKey) -> super::fence::FenceKey {
 
 /// The first object the planner would read whose cached view is older than the
 /// operator's own last write of it.
-fn stale_view(release: &Release, key: &ObjectKey, ctx: &ReleaseContext) -> Option<String> {
+fn stale_view(
+    release: &Release,
+    key: &ObjectKey,
+    ctx: &ReleaseContext,
+    stages: &[ResolvedStage],
+) -> Option<String> {
     let view = Cached::At(release.metadata.resource_version.as_deref());
     if ctx.fence.is_stale(&fence_key(key), view) {
         return Some(format!("{KIND} {}/{}", key.namespace, key.name));
     }
     ctx.caches
-        .stale(&ctx.fence, &release.name_any(), &release.spec)
+        .stale(&ctx.fence, &release.name_any(), &release.spec, stages)
+}
+
+/// The stages whose namespaces the release is observed in: those it resolves to (with
+/// its Pipeline, or alone when the Pipeline refuses it, so nothing it once touched goes
+/// unobserved), plus any its status lists that these do not (a stage the Pipeline has
+/// since dropped).
+fn io_stages(release: &Release, governing: Governing<'_>) -> Vec<ResolvedStage> {
+    let mut stages =
+        resolve_stages(&release.spec, governing).unwrap_or_else(|_| release.spec.resolved_stages());
+    for entry in release.status.iter().flat_map(|s| &s.stages) {
+        if !entry.namespace.is_empty()
+            && stages
+                .iter()
+                .all(|s| s.namespace.as_deref() != Some(entry.namespace.as_str()))
+        {
+            stages.push(ResolvedStage {
+                name: entry.name.clone(),
+                namespace: Some(entry.namespace.clone()),
+                steps: Vec::new(),
+                gates: Vec::new(),
+                progress_deadline: None,
+                early_life_support: None,
+                approval: None,
+            });
+        }
+    }
+    stages
 }
 
 /// Adds or removes [`FINALIZER`] with server-side apply: Stagecoach owns only that entry

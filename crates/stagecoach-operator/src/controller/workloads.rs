@@ -13,7 +13,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use stagecoach_api::FIELD_MANAGER;
-use stagecoach_api::release::{ReleaseSpec, Workload};
+use stagecoach_api::Release;
+use stagecoach_api::release::{ReleaseSpec, ResolvedStage, Workload};
 use stagecoach_engine::release::Action;
 use stagecoach_engine::release::observed::{
     DeploymentState, PodHealth, RecordedRevision, StageObservation, WorkloadObservation,
@@ -154,9 +155,14 @@ fn new_pod_health(
 
 impl WorkloadCaches {
     /// What the release's workloads look like in every stage namespace.
-    pub fn observe(&self, release: &str, spec: &ReleaseSpec) -> BTreeMap<String, StageObservation> {
+    pub fn observe(
+        &self,
+        release: &str,
+        spec: &ReleaseSpec,
+        stages: &[ResolvedStage],
+    ) -> BTreeMap<String, StageObservation> {
         let pods_by_namespace: BTreeMap<String, Vec<std::sync::Arc<Pod>>> =
-            Self::stage_namespaces(spec)
+            Self::stage_namespaces(stages)
                 .into_iter()
                 .map(|ns| {
                     let pods = self.pods.state_in(&ns);
@@ -164,7 +170,7 @@ impl WorkloadCaches {
                 })
                 .collect();
         let mut observed = BTreeMap::new();
-        for stage in spec.resolved_stages() {
+        for stage in stages.iter().cloned() {
             let Some(namespace) = stage.namespace else {
                 continue;
             };
@@ -214,8 +220,8 @@ impl WorkloadCaches {
     /// waits until every cache has its first complete list of them: before that, a
     /// Deployment missing from the cache may exist, and deciding from it would fail a
     /// stage for nothing.
-    pub async fn ready(&self, spec: &ReleaseSpec) {
-        let namespaces = Self::stage_namespaces(spec);
+    pub async fn ready(&self, stages: &[ResolvedStage]) {
+        let namespaces = Self::stage_namespaces(stages);
         self.deployments.watch(&namespaces);
         self.pods.watch(&namespaces);
         self.revisions.watch(&namespaces);
@@ -226,8 +232,14 @@ impl WorkloadCaches {
 
     /// The first object this release reads whose cached view is older than the operator's
     /// own last write of it (see [`WriteFence`]), as `kind namespace/name`.
-    pub fn stale(&self, fence: &WriteFence, release: &str, spec: &ReleaseSpec) -> Option<String> {
-        for namespace in Self::stage_namespaces(spec) {
+    pub fn stale(
+        &self,
+        fence: &WriteFence,
+        release: &str,
+        spec: &ReleaseSpec,
+        stages: &[ResolvedStage],
+    ) -> Option<String> {
+        for namespace in Self::stage_namespaces(stages) {
             for workload in &spec.workloads {
                 for name in [
                     workload.deployment.clone(),
@@ -258,13 +270,22 @@ impl WorkloadCaches {
         None
     }
 
+    /// The namespaces of `stages`.
+    pub fn stage_namespaces(stages: &[ResolvedStage]) -> Vec<String> {
+        stages.iter().filter_map(|s| s.namespace.clone()).collect()
+    }
+
     /// The namespaces whose Deployments and pods matter to a release, for mapping watch
-    /// events back to releases.
-    pub fn stage_namespaces(spec: &ReleaseSpec) -> Vec<String> {
-        spec.resolved_stages()
-            .into_iter()
-            .filter_map(|s| s.namespace)
-            .collect()
+    /// events back to releases: those its own spec names and those its status says it
+    /// works in (with a Pipeline, the Pipeline's).
+    pub fn release_namespaces(release: &Release) -> Vec<String> {
+        let mut namespaces = Self::stage_namespaces(&release.spec.resolved_stages());
+        for stage in release.status.iter().flat_map(|s| &s.stages) {
+            if !stage.namespace.is_empty() && !namespaces.contains(&stage.namespace) {
+                namespaces.push(stage.namespace.clone());
+            }
+        }
+        namespaces
     }
 }
 
@@ -549,8 +570,9 @@ pub async fn delete_revisions(
     client: &Client,
     release: &str,
     spec: &ReleaseSpec,
+    stages: &[ResolvedStage],
 ) -> Result<(), ReconcileError> {
-    for namespace in WorkloadCaches::stage_namespaces(spec) {
+    for namespace in WorkloadCaches::stage_namespaces(stages) {
         let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &namespace);
         for workload in &spec.workloads {
             let name = revision_name(release, &workload.deployment);

@@ -22,6 +22,13 @@ impl Planner<'_> {
             Some(ReleasePhase::RolledBack) => (ConditionStatus::False, reason::ROLLED_BACK),
             Some(ReleasePhase::Superseded) => (ConditionStatus::False, reason::SUPERSEDED),
             Some(ReleasePhase::Failed) => (ConditionStatus::False, self.failure().0),
+            Some(ReleasePhase::Rejected) => (ConditionStatus::False, reason::REJECTED),
+            Some(ReleasePhase::AwaitingApproval) if accepted => {
+                (ConditionStatus::False, reason::AWAITING_APPROVAL)
+            }
+            Some(ReleasePhase::WaitingForWindow) if accepted => {
+                (ConditionStatus::False, reason::WAITING_FOR_WINDOW)
+            }
             _ if !accepted => (ConditionStatus::False, reason::INVALID_SPEC),
             _ => (ConditionStatus::False, reason::STEP_IN_PROGRESS),
         };
@@ -94,8 +101,9 @@ impl Planner<'_> {
     /// operator moves the release on by itself (phase Progressing: a step, a timed pause,
     /// waiting for another release or for a Deployment to appear); `Stalled` while it
     /// cannot without a person (the spec is not accepted, an outside edit holds the
-    /// release, it was rolled back or failed). Neither while it waits on purpose (paused,
-    /// a pause without duration: `Ready=False`), in early life support (deployed and
+    /// release, it was rolled back, failed or rejected). Neither while it waits on purpose
+    /// (paused, a pause without duration, approvals, a release window: `Ready=False`), in
+    /// early life support (deployed and
     /// watched: `Ready=True`), or when it ended well.
     pub(super) fn kstatus(&self, accepted: bool) -> (Abnormal, Abnormal) {
         let message = self.status.message.clone().unwrap_or_default();
@@ -118,6 +126,9 @@ impl Planner<'_> {
                 let (why, text) = self.failure();
                 let text = if text.is_empty() { message } else { text };
                 (None, Some((why.to_owned(), text)))
+            }
+            (Some(ReleasePhase::Rejected), _) => {
+                (None, Some((reason::REJECTED.to_owned(), message)))
             }
             _ => (None, None),
         }

@@ -36,6 +36,10 @@ impl Planner<'_> {
             );
             return;
         }
+        let admission = match self.policy_verdict(index) {
+            policy::Verdict::Admit(admission) => admission,
+            policy::Verdict::Wait | policy::Verdict::Rejected => return,
+        };
         if self.spec().paused {
             self.status.phase = Some(ReleasePhase::Paused);
             self.status.message = Some(format!("paused before stage {name}"));
@@ -100,6 +104,7 @@ impl Planner<'_> {
             };
             revisions.push(revision);
         }
+        self.admitted(index, admission);
         let now = self.now();
         let stage = &mut self.status.stages[index];
         stage.stable_revisions = revisions;

@@ -8,11 +8,8 @@ impl Planner<'_> {
     // ----- a stage in progress ------------------------------------------------------------
 
     pub(super) fn steps_of(&self, stage: &str) -> Vec<stagecoach_api::release::Step> {
-        self.spec()
-            .resolved_stages()
-            .into_iter()
-            .find(|s| s.name == stage)
-            .map(|s| s.steps)
+        self.stage_spec(stage)
+            .map(|s| s.steps.clone())
             .unwrap_or_default()
     }
 

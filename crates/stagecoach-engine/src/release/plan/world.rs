@@ -151,6 +151,9 @@ impl Planner<'_> {
             StagePhase::Failed => {
                 self.finish_release(ReleasePhase::Failed, "a stage failed".into());
             }
+            StagePhase::Rejected => {
+                self.finish_release(ReleasePhase::Rejected, "rejected by an approver".into());
+            }
             StagePhase::Succeeded | StagePhase::Skipped => {}
         }
     }
