@@ -4,9 +4,10 @@
 
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use stagecoach_api::Release;
+use stagecoach_api::{Pipeline, Release};
+use stagecoach_engine::pipeline::{Governing, pipelines_of, resolve_stages};
 use stagecoach_engine::release::plan::PROMOTE_ANNOTATION;
-use stagecoach_engine::release::promote::{self, Meaning, Position};
+use stagecoach_engine::release::promote::{self, Meaning, Position, Route};
 
 /// A change to request.
 #[derive(Debug, PartialEq)]
@@ -17,48 +18,73 @@ pub struct Request {
     pub message: String,
 }
 
-fn finished(release: &Release) -> Option<String> {
-    match promote::position(&release.spec, release.status.as_ref()) {
+/// The stages `release` goes through, as the operator resolves them: merged into the
+/// Pipeline of its application among `pipelines` (those of its namespace), or its own
+/// when there is none. A release its Pipeline refuses (or that two Pipelines claim) does
+/// not run; its own stages then say where it would be.
+pub fn route(release: &Release, pipelines: &[Pipeline]) -> Route {
+    let namespace = release.namespace();
+    let here: Vec<&Pipeline> = pipelines
+        .iter()
+        .filter(|p| p.namespace() == namespace)
+        .collect();
+    let claiming = pipelines_of(&release.spec.application, &here);
+    let governing = match claiming.as_slice() {
+        [] => Governing::None,
+        [one] => Governing::Pipeline(one.metadata.name.as_deref().unwrap_or_default(), &one.spec),
+        _ => return Route::of(&release.spec),
+    };
+    match resolve_stages(&release.spec, governing) {
+        Ok(stages) => Route {
+            stages,
+            paused: release.spec.paused,
+        },
+        Err(_) => Route::of(&release.spec),
+    }
+}
+
+fn finished(release: &Release, route: &Route) -> Option<String> {
+    match promote::position(route, release.status.as_ref()) {
         Position::Ended(_) => Some(format!(
             "release {} has {}",
             release.name_any(),
-            promote::describe(&release.spec, release.status.as_ref())
+            here(release, route)
         )),
         _ => None,
     }
 }
 
-fn here(release: &Release) -> String {
-    promote::describe(&release.spec, release.status.as_ref())
+fn here(release: &Release, route: &Route) -> String {
+    promote::describe(route, release.status.as_ref())
 }
 
 /// `promote [--stage S] [--step N]`: the pause to end. Without `--step`, the next pause
 /// without duration at or after the current step of the stage in progress.
 pub fn promote(
     release: &Release,
+    route: &Route,
     stage: Option<&str>,
     step: Option<usize>,
 ) -> Result<Request, String> {
     let name = release.name_any();
-    if let Some(why) = finished(release) {
+    if let Some(why) = finished(release, route) {
         return Err(format!("{why}: nothing to promote"));
     }
-    let spec = &release.spec;
     let status = release.status.as_ref();
     let target = match step {
-        None => promote::next_pause(spec, status)
+        None => promote::next_pause(route, status)
             .map_err(|why| format!("cannot promote release {name}: {why}"))?,
         Some(step) => {
             let stage = match stage {
                 Some(stage) => stage.to_owned(),
-                None => match promote::position(spec, status) {
+                None => match promote::position(route, status) {
                     Position::At(at) => at.stage,
                     Position::BeforeStage(stage) => stage,
                     _ => {
                         return Err(format!(
                             "cannot promote release {name}: it has no stage in progress \
                              (it is {}); name one with --stage",
-                            here(release)
+                            here(release, route)
                         ));
                     }
                 },
@@ -67,16 +93,16 @@ pub fn promote(
         }
     };
     let value = target.to_string();
-    let when = match promote::classify(&value, spec, status) {
+    let when = match promote::classify(&value, route, status) {
         Meaning::Current(_) => "the release waits there now".to_owned(),
         Meaning::Early(_) => format!(
             "it ends that pause when the release gets there; the release is {}",
-            here(release)
+            here(release, route)
         ),
         Meaning::Passed(t) => {
             return Err(format!(
                 "cannot promote {t}: release {name} has already passed it; it is {}",
-                here(release)
+                here(release, route)
             ));
         }
         Meaning::NotAPause { target, kind } => {
@@ -84,7 +110,7 @@ pub fn promote(
                 "cannot promote {target}: it is a {kind} step, not a pause without duration \
                  (setWeight steps end when the gates pass, timed pauses by themselves); \
                  release {name} is {}",
-                here(release)
+                here(release, route)
             ));
         }
         Meaning::NoSuchStep { target, steps } => {
@@ -93,14 +119,15 @@ pub fn promote(
                  release {name} is {}",
                 target.stage,
                 steps.saturating_sub(1),
-                here(release)
+                here(release, route)
             ));
         }
         Meaning::UnknownStage(target) => {
             return Err(format!(
                 "cannot promote {target}: release {name} has no stage {} (its stages: {})",
                 target.stage,
-                spec.resolved_stages()
+                route
+                    .stages
                     .iter()
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
@@ -118,9 +145,9 @@ pub fn promote(
 }
 
 /// `pause`: hold before the next step.
-pub fn pause(release: &Release) -> Result<Request, String> {
+pub fn pause(release: &Release, route: &Route) -> Result<Request, String> {
     let name = release.name_any();
-    if let Some(why) = finished(release) {
+    if let Some(why) = finished(release, route) {
         return Err(format!("{why}: nothing to pause"));
     }
     if release.spec.paused {
@@ -136,13 +163,13 @@ pub fn pause(release: &Release) -> Result<Request, String> {
 }
 
 /// `resume`: let a paused release continue.
-pub fn resume(release: &Release) -> Result<Request, String> {
+pub fn resume(release: &Release, route: &Route) -> Result<Request, String> {
     let name = release.name_any();
-    if let Some(why) = finished(release) {
+    if let Some(why) = finished(release, route) {
         return Err(format!("{why}: nothing to resume"));
     }
     if !release.spec.paused {
-        let hint = if promote::waiting_for(&release.spec, release.status.as_ref()).is_some() {
+        let hint = if promote::waiting_for(route, release.status.as_ref()).is_some() {
             format!("; to end the pause step, run kubectl stagecoach promote {name}")
         } else {
             String::new()
@@ -150,7 +177,7 @@ pub fn resume(release: &Release) -> Result<Request, String> {
         return Err(format!(
             "release {name} is not paused (spec.paused is false), so there is nothing to \
              resume; it is {}{hint}",
-            here(release)
+            here(release, route)
         ));
     }
     Ok(Request {
@@ -160,9 +187,9 @@ pub fn resume(release: &Release) -> Result<Request, String> {
 }
 
 /// `abort`: roll back the stage in progress and stop.
-pub fn abort(release: &Release) -> Result<Request, String> {
+pub fn abort(release: &Release, route: &Route) -> Result<Request, String> {
     let name = release.name_any();
-    if let Some(why) = finished(release) {
+    if let Some(why) = finished(release, route) {
         return Err(format!(
             "{why}: nothing to abort (a finished release changes nothing any more)"
         ));
@@ -188,6 +215,10 @@ mod tests {
     use super::*;
     use crate::render::tests::fixture;
 
+    fn route_of(release: &Release) -> Route {
+        Route::of(&release.spec)
+    }
+
     fn outcome(result: Result<Request, String>) -> String {
         match result {
             Ok(Request {
@@ -202,15 +233,74 @@ mod tests {
         }
     }
 
+    fn pipeline(name: &str, namespace: &str, application: Option<&str>) -> Pipeline {
+        serde_json::from_value(json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Pipeline",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "application": application,
+                "stages": [
+                    {"name": "dev"}, {"name": "qa"}, {"name": "demo"},
+                    {"name": "prod", "approval": {"required": 2}}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn stage_names(route: &Route) -> Vec<&str> {
+        route.stages.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_route_follows_the_applications_pipeline_in_the_releases_namespace() {
+        let release = fixture("running");
+        // Its own stages: no Pipeline, or only other applications' or namespaces'.
+        let own = route(
+            &release,
+            &[
+                pipeline("other", "shop", Some("other")),
+                pipeline("shop", "elsewhere", None),
+            ],
+        );
+        assert_eq!(stage_names(&own), ["dev", "qa", "prod"]);
+        // The Pipeline's stages, in its order, keeping the release's own steps where the
+        // Pipeline leaves them open.
+        let governed = route(&release, &[pipeline("shop", "shop", None)]);
+        assert_eq!(stage_names(&governed), ["dev", "qa", "demo", "prod"]);
+        assert_eq!(governed.stages[0].steps, own.stages[0].steps);
+        assert!(governed.stages[3].approval.is_some());
+        // Two Pipelines claim the application: it does not run; its own stages say where
+        // it would be.
+        let conflict = route(
+            &release,
+            &[
+                pipeline("shop", "shop", None),
+                pipeline("shop-too", "shop", Some("shop")),
+            ],
+        );
+        assert_eq!(stage_names(&conflict), ["dev", "qa", "prod"]);
+    }
+
     #[test]
     fn promote_while_the_stage_still_runs_its_first_step_targets_the_pause_ahead() {
         // The issue's case: dev is [setWeight 100, pause {}] and still at step 0.
-        insta::assert_snapshot!(outcome(promote(&fixture("running"), None, None)));
+        insta::assert_snapshot!(outcome(promote(
+            &fixture("running"),
+            &route_of(&fixture("running")),
+            None,
+            None
+        )));
     }
 
     #[test]
     fn promote_at_the_pause_targets_it() {
-        insta::assert_snapshot!(outcome(promote(&fixture("waiting"), None, None)));
+        insta::assert_snapshot!(outcome(promote(
+            &fixture("waiting"),
+            &route_of(&fixture("waiting")),
+            None,
+            None
+        )));
     }
 
     #[test]
@@ -231,7 +321,7 @@ mod tests {
                 format!(
                     "--stage {} --step {step}\n{}",
                     stage.unwrap_or("-"),
-                    outcome(promote(&running, *stage, Some(*step)))
+                    outcome(promote(&running, &route_of(&running), *stage, Some(*step)))
                 )
             })
             .collect::<Vec<_>>()
@@ -248,12 +338,22 @@ mod tests {
         status.stages[1].phase = StagePhase::Succeeded;
         status.stages[2].phase = StagePhase::Progressing;
         status.stages[2].step = Some(2);
-        insta::assert_snapshot!(outcome(promote(&release, Some("dev"), Some(1))));
+        insta::assert_snapshot!(outcome(promote(
+            &release,
+            &route_of(&release),
+            Some("dev"),
+            Some(1)
+        )));
     }
 
     #[test]
     fn promote_of_a_step_that_is_not_an_open_pause_is_refused() {
-        insta::assert_snapshot!(outcome(promote(&fixture("waiting"), Some("dev"), Some(0))));
+        insta::assert_snapshot!(outcome(promote(
+            &fixture("waiting"),
+            &route_of(&fixture("waiting")),
+            Some("dev"),
+            Some(0)
+        )));
     }
 
     #[test]
@@ -267,17 +367,20 @@ mod tests {
             .as_mut()
             .unwrap()
             .duration = Some("10m".into());
-        insta::assert_snapshot!(outcome(promote(&release, None, None)));
+        insta::assert_snapshot!(outcome(promote(&release, &route_of(&release), None, None)));
     }
 
     #[test]
     fn commands_on_a_finished_release_are_refused() {
         let release = fixture("rolled-back");
         let text = [
-            ("promote", promote(&release, None, None)),
-            ("pause", pause(&release)),
-            ("resume", resume(&release)),
-            ("abort", abort(&release)),
+            (
+                "promote",
+                promote(&release, &route_of(&release), None, None),
+            ),
+            ("pause", pause(&release, &route_of(&release))),
+            ("resume", resume(&release, &route_of(&release))),
+            ("abort", abort(&release, &route_of(&release))),
         ]
         .into_iter()
         .map(|(command, result)| format!("{command}: {}", outcome(result)))
@@ -294,12 +397,15 @@ mod tests {
         let mut aborted = fixture("running");
         aborted.spec.abort = true;
         let text = [
-            ("pause (waiting)", pause(&waiting)),
-            ("pause (paused)", pause(&paused)),
-            ("resume (waiting, not paused)", resume(&waiting)),
-            ("resume (paused)", resume(&paused)),
-            ("abort (waiting)", abort(&waiting)),
-            ("abort (aborting)", abort(&aborted)),
+            ("pause (waiting)", pause(&waiting, &route_of(&waiting))),
+            ("pause (paused)", pause(&paused, &route_of(&paused))),
+            (
+                "resume (waiting, not paused)",
+                resume(&waiting, &route_of(&waiting)),
+            ),
+            ("resume (paused)", resume(&paused, &route_of(&paused))),
+            ("abort (waiting)", abort(&waiting, &route_of(&waiting))),
+            ("abort (aborting)", abort(&aborted, &route_of(&aborted))),
         ]
         .into_iter()
         .map(|(command, result)| format!("{command}: {}", outcome(result)))

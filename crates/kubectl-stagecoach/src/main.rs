@@ -2,16 +2,19 @@
 //!
 //! Installed as `kubectl-stagecoach` on the PATH, kubectl finds it as a plugin.
 
+mod approve;
 mod decide;
 mod render;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
-use stagecoach_api::Release;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Config, ResourceExt};
+use stagecoach_api::{Decision, Pipeline, Release};
+use stagecoach_engine::release::promote::Route;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +28,18 @@ struct Cli {
     /// Namespace of the releases (default: the kubeconfig's namespace).
     #[arg(short, long, global = true)]
     namespace: Option<String>,
+    /// Act as this user (impersonation, as kubectl's --as; your own user needs the
+    /// RBAC verb impersonate).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    as_user: Option<String>,
+    /// With --as: act as a member of this group (repeat for more).
+    #[arg(
+        long = "as-group",
+        global = true,
+        value_name = "GROUP",
+        requires = "as_user"
+    )]
+    as_group: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +76,37 @@ enum Command {
     },
     /// What happened to a release: its timeline, rollbacks and closing record.
     History { release: String },
+    /// Approve the release's entry into a stage, as yourself, for its current content.
+    ///
+    /// Creates an Approval naming you (as the API server knows you: kubectl auth whoami)
+    /// and the release's status.digest; an approval of earlier content does not count.
+    /// The API server refuses it unless RBAC gives you verb approve on releases/<stage>
+    /// in the release's namespace; its message is printed as is.
+    Approve {
+        release: String,
+        /// The stage to let the release into.
+        #[arg(long)]
+        stage: String,
+        /// Why, for the record (spec.comment).
+        #[arg(short = 'm', long = "message", value_name = "COMMENT")]
+        comment: Option<String>,
+        /// Emergency: let the stage start outside its windows, during a freeze or before
+        /// a major release's notice has run out (needs verb override on releases/<stage>).
+        #[arg(long = "override")]
+        r#override: bool,
+    },
+    /// Reject the release at a stage: it ends there, with nothing rolled out in that stage.
+    ///
+    /// Needs the same RBAC as approve (verb approve on releases/<stage>).
+    Reject {
+        release: String,
+        /// The stage to stop the release at.
+        #[arg(long)]
+        stage: String,
+        /// Why, for the record (spec.comment).
+        #[arg(short = 'm', long = "message", value_name = "COMMENT")]
+        comment: Option<String>,
+    },
 }
 
 fn api(client: Client, namespace: Option<&str>) -> Api<Release> {
@@ -82,22 +128,51 @@ async fn get(client: &Client, namespace: Option<&str>, name: &str) -> Result<Rel
             "release {name} not found in namespace {}",
             namespace_of(client, namespace)
         ),
-        Err(e) => Err(e).with_context(|| format!("cannot read release {name}")),
+        Err(e) => bail!("cannot read release {name}: {}", api_message(&e)),
+    }
+}
+
+/// The stages the release goes through as the operator resolves them: merged into its
+/// application's Pipeline when the namespace has one. Without read access to Pipelines
+/// (or their CRD), the release's own stages, with a note on stderr.
+async fn route(client: &Client, release: &Release) -> Route {
+    let namespace = release.namespace().unwrap_or_default();
+    match Api::<Pipeline>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => decide::route(release, &list.items),
+        Err(e) => {
+            eprintln!(
+                "note: cannot read the Pipelines in namespace {namespace} ({}); showing the \
+                 release's own stages",
+                api_message(&e)
+            );
+            Route::of(&release.spec)
+        }
+    }
+}
+
+/// The API server's own words for a refusal (an admission policy's message, an RBAC
+/// denial), else the error as kube reports it.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
     }
 }
 
 async fn status(client: Client, namespace: Option<&str>, name: Option<&str>) -> Result<()> {
     if let Some(name) = name {
-        print!(
-            "{}",
-            render::status_detail(&get(&client, namespace, name).await?)
-        );
+        let release = get(&client, namespace, name).await?;
+        let route = route(&client, &release).await;
+        print!("{}", render::status_detail(&release, &route));
         return Ok(());
     }
     let mut releases = api(client.clone(), namespace)
         .list(&ListParams::default())
         .await
-        .context("cannot list releases")?
+        .map_err(|e| anyhow!("cannot list releases: {}", api_message(&e)))?
         .items;
     if releases.is_empty() {
         eprintln!(
@@ -117,10 +192,11 @@ async fn change(
     client: Client,
     namespace: Option<&str>,
     name: &str,
-    decide: impl FnOnce(&Release) -> Result<decide::Request, String>,
+    decide: impl FnOnce(&Release, &Route) -> Result<decide::Request, String>,
 ) -> Result<()> {
     let release = get(&client, namespace, name).await?;
-    let request = decide(&release).map_err(anyhow::Error::msg)?;
+    let route = route(&client, &release).await;
+    let request = decide(&release, &route).map_err(anyhow::Error::msg)?;
     if let Some(body) = &request.patch {
         api(client, namespace)
             .patch(
@@ -129,16 +205,70 @@ async fn change(
                 &Patch::Merge(body),
             )
             .await
-            .with_context(|| format!("cannot change release {name}"))?;
+            .map_err(|e| anyhow!("cannot change release {name}: {}", api_message(&e)))?;
     }
     println!("{}", request.message);
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let client = Client::try_default()
+/// The user name the API server knows the caller by (SelfSubjectReview, as `kubectl auth
+/// whoami`): what the admission policy compares spec.approver with.
+async fn whoami(client: &Client) -> Result<String> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
         .await
-        .context("cannot connect to the cluster in your kubeconfig")?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot find out who you are (SelfSubjectReview, as kubectl auth whoami): {}",
+                api_message(&e)
+            )
+        })?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .filter(|u| !u.is_empty())
+        .context("the API server did not say who you are (SelfSubjectReview has no user name)")
+}
+
+/// `approve` and `reject`: reads the Release, finds out who the user is, creates the
+/// Approval. A refusal by the API server is printed in its own words.
+async fn decide_stage(
+    client: Client,
+    namespace: Option<&str>,
+    name: &str,
+    ask: &approve::Ask<'_>,
+) -> Result<()> {
+    let release = get(&client, namespace, name).await?;
+    let approver = whoami(&client).await?;
+    let approval = approve::approval(&release, &approver, ask).map_err(anyhow::Error::msg)?;
+    let ns = release
+        .namespace()
+        .unwrap_or_else(|| namespace_of(&client, namespace));
+    let created = Api::namespaced(client, &ns)
+        .create(&PostParams::default(), &approval)
+        .await
+        .map_err(|e| anyhow!(api_message(&e)))?;
+    print!("{}", approve::done(&created));
+    Ok(())
+}
+
+/// A client for the kubeconfig's cluster and user, impersonating `--as` if given.
+async fn connect(cli: &Cli) -> Result<Client> {
+    let mut config = Config::infer()
+        .await
+        .context("cannot read your kubeconfig")?;
+    if let Some(user) = &cli.as_user {
+        config.auth_info.impersonate = Some(user.clone());
+        if !cli.as_group.is_empty() {
+            config.auth_info.impersonate_groups = Some(cli.as_group.clone());
+        }
+    }
+    Client::try_from(config).context("cannot connect to the cluster in your kubeconfig")
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = connect(&cli).await?;
     let ns = cli.namespace.as_deref();
     match cli.command {
         Command::Status { release } => status(client, ns, release.as_deref()).await,
@@ -150,14 +280,41 @@ async fn run(cli: Cli) -> Result<()> {
             step,
             stage,
         } => {
-            change(client, ns, &release, |r| {
-                decide::promote(r, stage.as_deref(), step)
+            change(client, ns, &release, |r, route| {
+                decide::promote(r, route, stage.as_deref(), step)
             })
             .await
         }
         Command::History { release } => {
             print!("{}", render::history(&get(&client, ns, &release).await?));
             Ok(())
+        }
+        Command::Approve {
+            release,
+            stage,
+            comment,
+            r#override,
+        } => {
+            let ask = approve::Ask {
+                stage: &stage,
+                decision: Decision::Approve,
+                comment: comment.as_deref(),
+                r#override,
+            };
+            decide_stage(client, ns, &release, &ask).await
+        }
+        Command::Reject {
+            release,
+            stage,
+            comment,
+        } => {
+            let ask = approve::Ask {
+                stage: &stage,
+                decision: Decision::Reject,
+                comment: comment.as_deref(),
+                r#override: false,
+            };
+            decide_stage(client, ns, &release, &ask).await
         }
     }
 }
