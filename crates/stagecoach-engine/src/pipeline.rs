@@ -89,82 +89,8 @@ fn merge(
     }
     let mut stages = Vec::with_capacity(pipeline.stages.len());
     for policy in &pipeline.stages {
-        let namespace = policy
-            .namespace
-            .clone()
-            .or_else(|| default_stage_namespace(&spec.application, &policy.name));
         let asked = own.iter().find(|s| s.name == policy.name);
-        let mut stage = ResolvedStage {
-            name: policy.name.clone(),
-            namespace: namespace.clone(),
-            steps: policy.steps.clone().unwrap_or_else(default_steps),
-            gates: policy.gates.clone(),
-            progress_deadline: policy.progress_deadline.clone(),
-            early_life_support: policy.early_life_support.clone(),
-            approval: policy.approval.clone(),
-        };
-        if let Some(asked) = asked {
-            let at = &policy.name;
-            if let Some(ns) = &asked.namespace
-                && Some(ns) != namespace.as_ref()
-            {
-                refused.push(format!(
-                    "stage {at} runs in namespace {}, not {ns}",
-                    namespace.as_deref().unwrap_or("(none)")
-                ));
-            }
-            match (&policy.steps, &asked.steps) {
-                (Some(fixed), Some(own)) if fixed != own => refused.push(format!(
-                    "the steps of stage {at} are set by the pipeline and cannot be changed"
-                )),
-                (None, Some(own)) => stage.steps.clone_from(own),
-                _ => {}
-            }
-            for gate in &asked.gates {
-                match stage.gates.iter().find(|g| g.name == gate.name) {
-                    Some(same) if same == gate => {}
-                    Some(_) => refused.push(format!(
-                        "gate {} of stage {at} is set by the pipeline and cannot be changed (add a gate with another name)",
-                        gate.name
-                    )),
-                    None => stage.gates.push(gate.clone()),
-                }
-            }
-            match (
-                duration(policy.progress_deadline.as_deref()),
-                duration(asked.progress_deadline.as_deref()),
-            ) {
-                (Some(limit), Some(own)) if own > limit => refused.push(format!(
-                    "progressDeadline of stage {at} may be at most the pipeline's {}",
-                    policy.progress_deadline.as_deref().unwrap_or_default()
-                )),
-                (_, Some(_)) => stage.progress_deadline.clone_from(&asked.progress_deadline),
-                _ => {}
-            }
-            let els = |s: Option<&stagecoach_api::release::EarlyLifeSupport>| {
-                s.map(|e| duration(e.duration.as_deref()))
-            };
-            match (
-                els(policy.early_life_support.as_ref()),
-                els(asked.early_life_support.as_ref()),
-            ) {
-                (Some(Some(floor)), Some(own)) if own.is_none_or(|own| own < floor) => {
-                    refused.push(format!(
-                        "earlyLifeSupport of stage {at} must be at least the pipeline's {}",
-                        policy
-                            .early_life_support
-                            .as_ref()
-                            .and_then(|e| e.duration.as_deref())
-                            .unwrap_or_default()
-                    ));
-                }
-                (_, Some(_)) => stage
-                    .early_life_support
-                    .clone_from(&asked.early_life_support),
-                _ => {}
-            }
-        }
-        stages.push(stage);
+        stages.push(merge_stage(spec, policy, asked, &mut refused));
     }
     let release_type = spec.release_type;
     let notice = pipeline
@@ -197,6 +123,91 @@ fn merge(
             ),
         })
     }
+}
+
+/// One stage of the Pipeline with what the Release asks for there (`asked`), taking only
+/// what does not loosen the Pipeline; every refusal is added to `refused`.
+fn merge_stage(
+    spec: &ReleaseSpec,
+    policy: &stagecoach_api::pipeline::PipelineStage,
+    asked: Option<&stagecoach_api::release::Stage>,
+    refused: &mut Vec<String>,
+) -> ResolvedStage {
+    let namespace = policy
+        .namespace
+        .clone()
+        .or_else(|| default_stage_namespace(&spec.application, &policy.name));
+    let mut stage = ResolvedStage {
+        name: policy.name.clone(),
+        namespace: namespace.clone(),
+        steps: policy.steps.clone().unwrap_or_else(default_steps),
+        gates: policy.gates.clone(),
+        progress_deadline: policy.progress_deadline.clone(),
+        early_life_support: policy.early_life_support.clone(),
+        approval: policy.approval.clone(),
+    };
+    if let Some(asked) = asked {
+        let at = &policy.name;
+        if let Some(ns) = &asked.namespace
+            && Some(ns) != namespace.as_ref()
+        {
+            refused.push(format!(
+                "stage {at} runs in namespace {}, not {ns}",
+                namespace.as_deref().unwrap_or("(none)")
+            ));
+        }
+        match (&policy.steps, &asked.steps) {
+            (Some(fixed), Some(own)) if fixed != own => refused.push(format!(
+                "the steps of stage {at} are set by the pipeline and cannot be changed"
+            )),
+            (None, Some(own)) => stage.steps.clone_from(own),
+            _ => {}
+        }
+        for gate in &asked.gates {
+            match stage.gates.iter().find(|g| g.name == gate.name) {
+                Some(same) if same == gate => {}
+                Some(_) => refused.push(format!(
+                    "gate {} of stage {at} is set by the pipeline and cannot be changed (add a gate with another name)",
+                    gate.name
+                )),
+                None => stage.gates.push(gate.clone()),
+            }
+        }
+        match (
+            duration(policy.progress_deadline.as_deref()),
+            duration(asked.progress_deadline.as_deref()),
+        ) {
+            (Some(limit), Some(own)) if own > limit => refused.push(format!(
+                "progressDeadline of stage {at} may be at most the pipeline's {}",
+                policy.progress_deadline.as_deref().unwrap_or_default()
+            )),
+            (_, Some(_)) => stage.progress_deadline.clone_from(&asked.progress_deadline),
+            _ => {}
+        }
+        let els = |s: Option<&stagecoach_api::release::EarlyLifeSupport>| {
+            s.map(|e| duration(e.duration.as_deref()))
+        };
+        match (
+            els(policy.early_life_support.as_ref()),
+            els(asked.early_life_support.as_ref()),
+        ) {
+            (Some(Some(floor)), Some(own)) if own.is_none_or(|own| own < floor) => {
+                refused.push(format!(
+                    "earlyLifeSupport of stage {at} must be at least the pipeline's {}",
+                    policy
+                        .early_life_support
+                        .as_ref()
+                        .and_then(|e| e.duration.as_deref())
+                        .unwrap_or_default()
+                ));
+            }
+            (_, Some(_)) => stage
+                .early_life_support
+                .clone_from(&asked.early_life_support),
+            _ => {}
+        }
+    }
+    stage
 }
 
 fn duration(text: Option<&str>) -> Option<Duration> {

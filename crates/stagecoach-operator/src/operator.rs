@@ -128,6 +128,12 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         toggle_sync.clone(),
         app_changes.clone(),
     );
+    // Pipelines: the release controller's policy, and the stages toggles are served in.
+    let (pipeline_cache, pipeline_changes) = toggle::watch_pipelines(
+        scoped_api::<Pipeline>(&client, namespace),
+        readiness.cache("Pipeline"),
+        app_changes.clone(),
+    );
     let epochs = app_changes.epochs();
     let (flag_set_cache, flag_set_events) =
         toggle::watch_flag_sets(&client, readiness.cache("ConfigMap"), app_changes);
@@ -162,12 +168,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         controller::ManagedFields::Drop,
     );
     // The policy side of releases: Pipelines and Approvals in the watched namespaces.
-    let (pipeline_cache, pipeline_changes) = controller::cached_watch_with(
-        scoped_api::<Pipeline>(&client, namespace),
-        kube::runtime::watcher::Config::default(),
-        readiness.cache("Pipeline"),
-        controller::ManagedFields::Drop,
-    );
+
     let (approval_cache, approval_changes) = controller::cached_watch_with(
         scoped_api::<Approval>(&client, namespace),
         kube::runtime::watcher::Config::default(),
@@ -179,6 +180,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         ctx.clone(),
         toggle_cache.clone(),
         release_cache.clone(),
+        pipeline_cache.clone(),
         flag_set_cache,
         flag_index.clone(),
         epochs,

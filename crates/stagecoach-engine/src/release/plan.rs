@@ -296,12 +296,11 @@ impl<'a> Planner<'a> {
     fn run(&mut self) {
         self.status.observed_generation = self.input.generation;
         self.status.digest = Some(crate::pipeline::digest(self.spec()));
-        let verdict = match &self.refusal {
-            Some(refusal) => Err(refusal.clone()),
-            None => {
-                self.sync_stage_entries();
-                check_release_in(self.spec(), &self.stages)
-            }
+        let verdict = if let Some(refusal) = &self.refusal {
+            Err(refusal.clone())
+        } else {
+            self.sync_stage_entries();
+            check_release_in(self.spec(), &self.stages)
         };
         let accepted = accepted_condition(&verdict, self.input.generation, self.now());
         condition::upsert(&mut self.status.conditions, accepted);

@@ -1675,6 +1675,7 @@ mod policy {
     }
 
     /// Plans until `done` or `limit` reconciles, one second apart.
+    #[allow(clippy::too_many_arguments)] // a test driver: everything the planner reads
     fn run(
         spec: &ReleaseSpec,
         pipeline: &PipelineSpec,

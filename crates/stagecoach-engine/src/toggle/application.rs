@@ -17,13 +17,16 @@ use stagecoach_api::condition::{self, Condition, ConditionStatus};
 use stagecoach_api::toggle::ToggleStageStatus;
 use stagecoach_api::{FeatureToggle, FeatureToggleSpec, FeatureToggleStatus, Release};
 
-use super::reached::{StageTarget, active_couplings, application_stages, release_stage_names};
+use super::reached::{
+    StageTarget, active_couplings, application_stages, pipeline_stages, release_stage_names,
+};
 use super::stage_rules::active_rule_couplings;
 use super::{
     ActiveCouplings, Coupling, FlagSetError, RenderedFlagSet, ToggleCouplings, canonical_json,
     describe_active_rules, render_flag_set,
 };
 use crate::acceptance::{ACCEPTED, plan_toggle_status};
+use stagecoach_api::pipeline::PipelineSpec;
 
 /// Name of the ConfigMap holding an application's flag set in each stage namespace.
 pub const FLAG_SET_CONFIG_MAP: &str = "stagecoach-flags";
@@ -154,6 +157,16 @@ impl<'a> ApplicationInput<'a> {
             releases: release_stage_names(releases.iter().copied()),
             toggles,
         }
+    }
+
+    /// With the application's Pipeline, the stages are the Pipeline's (in its order),
+    /// whatever its Releases list: a toggle is served there before the first Release.
+    #[must_use]
+    pub fn with_pipeline(mut self, pipeline: Option<&PipelineSpec>) -> Self {
+        if let Some(pipeline) = pipeline {
+            self.stages = pipeline_stages(self.application, pipeline);
+        }
+        self
     }
 
     /// A hash of everything the plan depends on: equal fingerprints, equal plans. A

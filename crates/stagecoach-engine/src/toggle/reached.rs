@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::ActiveCouplings;
 use crate::acceptance::ACCEPTED;
 use stagecoach_api::Release;
+use stagecoach_api::names::default_stage_namespace;
+use stagecoach_api::pipeline::PipelineSpec;
 use stagecoach_api::release::StagePhase;
 
 /// One stage of an application and the namespace its workloads (and its flag set) live in.
@@ -122,13 +124,49 @@ pub fn release_stage_names<'a>(
         .into_iter()
         .filter_map(|r| {
             let name = r.metadata.name.clone()?;
-            let stages = r
-                .spec
-                .resolved_stages()
-                .into_iter()
-                .map(|s| s.name)
-                .collect();
+            let stages = stage_list(r).into_iter().map(|(name, _)| name).collect();
             Some((name, stages))
+        })
+        .collect()
+}
+
+/// The stages a release goes through, with their namespaces: as its status lists them
+/// once the operator planned it (with a Pipeline, the Pipeline's stages), else as its
+/// spec says.
+fn stage_list(release: &Release) -> Vec<(String, Option<String>)> {
+    match release.status.as_ref().filter(|s| !s.stages.is_empty()) {
+        Some(status) => status
+            .stages
+            .iter()
+            .map(|s| {
+                let namespace = (!s.namespace.is_empty()).then(|| s.namespace.clone());
+                (s.name.clone(), namespace)
+            })
+            .collect(),
+        None => release
+            .spec
+            .resolved_stages()
+            .into_iter()
+            .map(|s| (s.name, s.namespace))
+            .collect(),
+    }
+}
+
+/// The stages of an application that has a Pipeline: the Pipeline's, in its order, so
+/// toggles are served there before the first Release exists.
+pub fn pipeline_stages(application: &str, pipeline: &PipelineSpec) -> Vec<StageTarget> {
+    pipeline
+        .stages
+        .iter()
+        .filter_map(|stage| {
+            let namespace = stage
+                .namespace
+                .clone()
+                .or_else(|| default_stage_namespace(application, &stage.name))?;
+            Some(StageTarget {
+                name: stage.name.clone(),
+                namespace,
+            })
         })
         .collect()
 }

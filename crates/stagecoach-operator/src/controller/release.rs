@@ -115,6 +115,7 @@ fn siblings(release: &Release, store: &Store<Release>) -> Vec<OtherRelease> {
         .collect()
 }
 
+#[allow(clippy::too_many_lines)] // observe, plan, apply: one pipeline, read top to bottom
 async fn reconcile_release(
     release: &Release,
     key: &ObjectKey,

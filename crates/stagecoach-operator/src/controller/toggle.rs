@@ -36,7 +36,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use stagecoach_api::condition::{self, ConditionStatus};
-use stagecoach_api::{FeatureToggle, Release};
+use stagecoach_api::{FeatureToggle, Pipeline, Release};
 use stagecoach_engine::acceptance::is_transition;
 use stagecoach_engine::toggle::application::READY;
 use stagecoach_engine::toggle::{
@@ -51,7 +51,9 @@ use self::flagsets::{
     AppKey, AppState, Applications, Epoch, Planning, WRITE_GRACE, sync_flag_sets,
 };
 pub use self::triggers::Epochs;
-pub use self::triggers::{changes, fan_out, watch_flag_sets, watch_releases, watch_toggles};
+pub use self::triggers::{
+    changes, fan_out, watch_flag_sets, watch_pipelines, watch_releases, watch_toggles,
+};
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
@@ -63,11 +65,21 @@ use crate::retry::ObjectKey;
 /// The `kind` label and log field of this controller.
 pub const KIND: &str = "FeatureToggle";
 
+/// What planning an application reads: its toggles, the Releases of its namespace and
+/// its Pipeline, if it has one.
+type Observed = (
+    Vec<Arc<FeatureToggle>>,
+    Vec<Arc<Release>>,
+    Option<Arc<Pipeline>>,
+);
+
 /// What the toggle controller needs beyond the shared context.
 pub struct ToggleContext {
     pub base: Arc<Context>,
     pub toggles: Store<FeatureToggle>,
     pub releases: Store<Release>,
+    /// An application's Pipeline names its stages (before any Release exists).
+    pub pipelines: Store<Pipeline>,
     pub flag_sets: FlagSetCache,
     /// What OFREP serves; replaced per application when its flag sets change.
     pub index: FlagIndex,
@@ -84,6 +96,7 @@ impl ToggleContext {
         base: Arc<Context>,
         toggles: Store<FeatureToggle>,
         releases: Store<Release>,
+        pipelines: Store<Pipeline>,
         flag_sets: FlagSetCache,
         index: FlagIndex,
         epochs: Arc<Epochs>,
@@ -92,6 +105,7 @@ impl ToggleContext {
             base,
             toggles,
             releases,
+            pipelines,
             flag_sets,
             index,
             epochs,
@@ -105,14 +119,22 @@ impl ToggleContext {
         &self,
         namespace: &str,
         application: &str,
-    ) -> (Vec<Arc<FeatureToggle>>, Vec<Arc<Release>>) {
+    ) -> Observed {
         let toggles = self.toggles.state_filter(|t| {
             t.spec.application == application && t.metadata.namespace.as_deref() == Some(namespace)
         });
         let releases = self
             .releases
             .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace));
-        (toggles, releases)
+        // With two Pipelines for one application its releases stop (AmbiguousPipeline);
+        // toggles keep being served, in the stages of the first by name.
+        let mut pipelines = self.pipelines.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.metadata.deletion_timestamp.is_none()
+                && p.application() == application
+        });
+        pipelines.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        (toggles, releases, pipelines.into_iter().next())
     }
 }
 
@@ -174,13 +196,14 @@ async fn reconcile_toggle(
         return Ok(Action::requeue(RESYNC_INTERVAL));
     }
     let render = |stage: &str| {
-        let (toggles, releases) = ctx.observe(namespace, application);
+        let (toggles, releases, pipeline) = ctx.observe(namespace, application);
         let input = ApplicationInput::new(
             namespace,
             application,
             toggles.iter().map(AsRef::as_ref),
             &releases,
-        );
+        )
+        .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
         let rendered = input.render(stage);
         (canonical_json(&rendered.document), rendered.version)
     };
@@ -278,13 +301,14 @@ async fn current_plan(
         return Err(wait);
     }
     let _turn = ctx.planning.acquire().await;
-    let (toggles, releases) = ctx.observe(&app.namespace, &app.application);
+    let (toggles, releases, pipeline) = ctx.observe(&app.namespace, &app.application);
     let input = ApplicationInput::new(
         &app.namespace,
         &app.application,
         toggles.iter().map(AsRef::as_ref),
         &releases,
-    );
+    )
+    .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
     // Something changed, but maybe nothing this application's plan depends on.
     if let Some(plan) = state.plan.clone()
         && plan.fingerprint == input.fingerprint()

@@ -68,7 +68,7 @@ impl Planner<'_> {
         if tally.override_by.is_none()
             && let Some((until, message)) = self.schedule_wait(index)
         {
-            self.wait_for_window(index, until, message);
+            self.wait_for_window(index, until, &message);
             return Verdict::Wait;
         }
         self.status.next_window = None;
@@ -143,7 +143,7 @@ impl Planner<'_> {
         }
     }
 
-    fn wait_for_window(&mut self, index: usize, until: Option<DateTime<Utc>>, message: String) {
+    fn wait_for_window(&mut self, index: usize, until: Option<DateTime<Utc>>, message: &str) {
         let name = self.status.stages[index].name.clone();
         let already = self.input.status.is_some_and(|s| {
             s.phase == Some(ReleasePhase::WaitingForWindow)

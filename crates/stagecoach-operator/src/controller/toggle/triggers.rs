@@ -22,7 +22,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use stagecoach_api::{FeatureToggle, Release};
+use stagecoach_api::{FeatureToggle, Pipeline, Release};
 use stagecoach_engine::toggle::ReleaseFacts;
 use stagecoach_engine::toggle::application::FLAG_SET_CONFIG_MAP;
 use tokio::sync::mpsc;
@@ -267,6 +267,47 @@ pub fn watch_toggles(
             }
         }
     })
+}
+
+/// Watches Pipelines (the cache and stream the release controller uses too); reports the
+/// application of every Pipeline whose application or stages changed, that appeared or
+/// that is gone: its toggles are served in the Pipeline's stages.
+pub fn watch_pipelines(
+    api: Api<Pipeline>,
+    synced: CacheSync,
+    changes: Changes,
+) -> (
+    Store<Pipeline>,
+    impl Stream<Item = Result<Pipeline, watcher::Error>> + Send + 'static,
+) {
+    let mut seen = Seen::new();
+    watch_and_tell(
+        api,
+        synced,
+        |_| {},
+        move |event| {
+            let facts = |p: &Pipeline| {
+                let stages: Vec<(String, Option<String>)> = p
+                    .spec
+                    .stages
+                    .iter()
+                    .map(|s| (s.name.clone(), s.namespace.clone()))
+                    .collect();
+                (
+                    AppKey::new(&p.namespace().unwrap_or_default(), p.application()),
+                    stages,
+                )
+            };
+            for (before, after) in seen.observe(event, facts) {
+                let apps: BTreeSet<AppKey> =
+                    [before, after].into_iter().flatten().map(|f| f.0).collect();
+                for app in apps {
+                    changes.epochs.application_changed(&app);
+                    changes.send(Change::Application(app));
+                }
+            }
+        },
+    )
 }
 
 /// Watches Releases (the cache and stream the release controller uses); reports every
