@@ -1,9 +1,11 @@
 //! The Helm chart renders with a real helm and everything it renders, the optional parts
 //! (ServiceMonitor, PodMonitor, NetworkPolicy, Grafana dashboard) included, is accepted by
 //! the real API server (server-side dry-run); the operator's pod passes the Pod Security
-//! "restricted" profile, enforced by the API server's admission; and the operator does
-//! its work (a release rolled out, a toggle's flag set written, Events) with nothing but
-//! the chart's ClusterRole.
+//! "restricted" profile, enforced by the API server's admission; the operator does its
+//! work (a release rolled out, a toggle's flag set written, Events) with nothing but the
+//! chart's ClusterRole; and the chart's roles for people (approver per stage, override,
+//! release manager, release author, pipeline owner) grant exactly what the admission
+//! policy for Approvals checks.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -159,6 +162,95 @@ fn optional_parts(docs: &[Value]) -> Vec<&str> {
         .collect()
 }
 
+/// The operator's ClusterRole (the chart also renders ClusterRoles for people).
+fn operator_role(docs: &[Value]) -> Result<&Value> {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+        })
+        .context("no ClusterRole for the operator")
+}
+
+/// The ClusterRoles for people, by name, sorted.
+fn user_roles(docs: &[Value]) -> Vec<&str> {
+    let mut names: Vec<&str> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] == "user-rbac"
+        })
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// The ClusterRoles for people with the default values, release `stagecoach`.
+const DEFAULT_USER_ROLES: [&str; 8] = [
+    "stagecoach-approve-demo",
+    "stagecoach-approve-dev",
+    "stagecoach-approve-prod",
+    "stagecoach-approve-qa",
+    "stagecoach-override-prod",
+    "stagecoach-pipeline-owner",
+    "stagecoach-release-author",
+    "stagecoach-release-manager",
+];
+
+/// Other stages, overrides for two of them, aggregated into the release manager.
+const OTHER_STAGES: [&str; 6] = [
+    "--set-json",
+    r#"approvals.stages=["staging","production","eu-west-1"]"#,
+    "--set-json",
+    r#"approvals.overrideStages=["staging","production"]"#,
+    "--set",
+    "approvals.releaseManagerOverrides=true",
+];
+
+/// What the people's roles must say with [`OTHER_STAGES`], beyond being accepted.
+fn check_other_stages(docs: &[Value]) -> Result<()> {
+    let role = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+            .with_context(|| format!("no ClusterRole {name}"))
+    };
+    let approve = role("stagecoach-approve-eu-west-1")?;
+    assert_eq!(
+        approve["rules"][0],
+        json!({"apiGroups": ["stagecoach.dev"], "resources": ["releases/eu-west-1"], "verbs": ["approve"]}),
+        "{approve}"
+    );
+    let manager = role("stagecoach-release-manager")?;
+    let selector = &manager["aggregationRule"]["clusterRoleSelectors"][0]["matchLabels"];
+    assert!(
+        manager.get("rules").is_none(),
+        "the aggregation controller owns the rules: {manager}"
+    );
+    for name in [
+        "stagecoach-approve-staging",
+        "stagecoach-approve-production",
+        "stagecoach-approve-eu-west-1",
+        "stagecoach-override-staging",
+        "stagecoach-override-production",
+    ] {
+        let labels = &role(name)?["metadata"]["labels"];
+        let selected = selector
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &labels[k] == v));
+        assert!(
+            selected,
+            "{name} aggregates into the release manager: {labels}"
+        );
+    }
+    let overriding = role("stagecoach-override-production")?;
+    assert_eq!(
+        overriding["rules"][0],
+        json!({"apiGroups": ["stagecoach.dev"], "resources": ["releases/production"], "verbs": ["override"]})
+    );
+    Ok(())
+}
+
 /// What the optional parts must say, beyond being accepted by the API server.
 fn check_optional_parts(docs: &[Value]) -> Result<()> {
     let find = |kind: &str| {
@@ -294,16 +386,72 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
     install_monitoring_crds(&client).await?;
     let ns = TestNamespace::create(&client, "chart").await?;
     let watch_one = format!("watchNamespace={}", ns.name);
-    // (values, whether they switch the optional parts on)
-    for (values, optional) in [
-        (vec![], false),
+    let other_roles = [
+        "stagecoach-approve-eu-west-1",
+        "stagecoach-approve-production",
+        "stagecoach-approve-staging",
+        "stagecoach-override-production",
+        "stagecoach-override-staging",
+        "stagecoach-pipeline-owner",
+        "stagecoach-release-author",
+        "stagecoach-release-manager",
+    ];
+    // (values, whether they switch the optional parts on, the ClusterRoles for people)
+    for (values, optional, people) in [
+        (vec![], false, DEFAULT_USER_ROLES.as_slice()),
         (
             vec!["--set", watch_one.as_str(), "--set", "logFormat=text"],
             false,
+            DEFAULT_USER_ROLES.as_slice(),
         ),
-        (ALL_OPTIONAL_PARTS.to_vec(), true),
+        (
+            ALL_OPTIONAL_PARTS.to_vec(),
+            true,
+            DEFAULT_USER_ROLES.as_slice(),
+        ),
+        (OTHER_STAGES.to_vec(), false, other_roles.as_slice()),
+        (vec!["--set", "rbac.userRoles=false"], false, &[]),
     ] {
         let docs = render(&ns.name, &values)?;
+        assert_eq!(
+            user_roles(&docs),
+            people,
+            "the ClusterRoles for people follow rbac.userRoles and approvals; values {values:?}"
+        );
+        if values == OTHER_STAGES {
+            check_other_stages(&docs)?;
+        }
+        // The CRDs, the operator's role and the Approval policies are there whatever the
+        // values.
+        let mut crds: Vec<&str> = docs
+            .iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .filter_map(|d| d["metadata"]["name"].as_str())
+            .collect();
+        crds.sort_unstable();
+        assert_eq!(
+            crds,
+            [
+                "approvals.stagecoach.dev",
+                "featuretoggles.stagecoach.dev",
+                "pipelines.stagecoach.dev",
+                "releases.stagecoach.dev"
+            ]
+        );
+        operator_role(&docs)?;
+        for kind in [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ] {
+            let names: Vec<&str> = docs
+                .iter()
+                .filter(|d| d["kind"] == kind)
+                .filter_map(|d| d["metadata"]["name"].as_str())
+                .collect();
+            for policy in ["stagecoach-approval-identity", "stagecoach-approval-stage"] {
+                assert!(names.contains(&policy), "no {kind} {policy}: {names:?}");
+            }
+        }
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
         let expected: &[&str] = if optional {
             &[
@@ -345,6 +493,17 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
             dry_run_apply(&client, doc, &ns.name).await?;
         }
     }
+    // A stage name that no Pipeline could have fails the rendering, naming it.
+    let bad = render(
+        &ns.name,
+        &["--set-json", r#"approvals.stages=["prod","Prod EU"]"#],
+    )
+    .err()
+    .context("a stage name with capitals and a space was rendered")?;
+    assert!(
+        format!("{bad:#}").contains("stage Prod EU is not a stage name"),
+        "{bad:#}"
+    );
     ns.delete().await
 }
 
@@ -352,10 +511,7 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
 #[ignore = "needs the test control plane and helm: run `cargo xtask test`"]
 async fn chart_rbac_is_least_privilege() -> Result<()> {
     let docs = render("stagecoach-system", &[])?;
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .context("no ClusterRole")?;
+    let role = operator_role(&docs)?;
     let rules = role["rules"].as_array().context("rules")?;
     for rule in rules {
         for field in ["apiGroups", "resources", "verbs"] {
@@ -406,6 +562,76 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
         writes("releases", "patch"),
         "the Release finalizer needs patch on releases"
     );
+    // Pipelines and Approvals belong to people: read (caches), never written; the
+    // Pipeline's status is the operator's.
+    for resource in ["pipelines", "approvals"] {
+        for verb in ["list", "watch"] {
+            assert!(writes(resource, verb), "{resource}: {verb} for the cache");
+        }
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(!writes(resource, verb), "{resource}: {verb}");
+        }
+    }
+    assert!(
+        writes("pipelines/status", "patch"),
+        "the Pipeline's status needs patch on pipelines/status"
+    );
+    // No approval rights of its own: the operator counts Approvals, it never makes one.
+    assert!(
+        !rules.iter().any(|r| r["verbs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v == "approve" || v == "override")),
+        "no approve or override verb for the operator"
+    );
+    // The roles for people: no wildcards, no status writes; an author cannot approve
+    // or change a Pipeline.
+    for role in docs.iter().filter(|d| {
+        d["kind"] == "ClusterRole"
+            && d["metadata"]["labels"]["app.kubernetes.io/component"] == "user-rbac"
+    }) {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for field in ["apiGroups", "resources", "verbs"] {
+                assert!(
+                    !rule[field]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v == "*"),
+                    "no wildcard in {field}: {role}"
+                );
+            }
+            assert!(
+                !rule["resources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r.as_str().is_some_and(|r| r.ends_with("/status"))),
+                "status is the operator's: {role}"
+            );
+        }
+    }
+    let author = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "stagecoach-release-author")
+        .context("no release-author role")?;
+    for rule in author["rules"].as_array().context("rules")? {
+        let has = |field: &str, value: &str| {
+            rule[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v == value)
+        };
+        assert!(
+            !has("verbs", "approve") && !has("verbs", "override"),
+            "{rule}"
+        );
+        if has("resources", "pipelines") || has("resources", "approvals") {
+            assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
+        }
+    }
     // Secrets: only the OFREP token watch (list + watch, label-selected), never a write
     // and no get.
     let secret_rules: Vec<&Value> = rules
@@ -546,11 +772,7 @@ async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
 
     // The chart's ClusterRole, under a name of this test, bound to a ServiceAccount.
     let docs = render(&ns, &[])?;
-    let mut role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .cloned()
-        .context("no ClusterRole")?;
+    let mut role = operator_role(&docs)?.clone();
     let role_name = format!("{ns}-operator");
     role["metadata"] = json!({"name": role_name, "labels": {E2E_LABEL: "true"}});
     let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
@@ -700,4 +922,257 @@ async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
         .delete(&role_name, &kube::api::DeleteParams::default())
         .await?;
     pipeline.delete().await
+}
+
+/// Whether `user` (in `groups`) may `verb` `resource[/subresource]` in `namespace`, as the
+/// API server's authorizer answers a SubjectAccessReview.
+async fn may(
+    client: &kube::Client,
+    (user, groups): (&str, &[&str]),
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> Result<bool> {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": groups,
+            "resourceAttributes": {
+                "group": "stagecoach.dev", "resource": resource, "subresource": subresource,
+                "verb": verb, "namespace": namespace, "name": "web-1.0.0"
+            }
+        }
+    }))?;
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .context("SubjectAccessReview")?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// A client that acts as `user` in `groups` (impersonation by the test's admin identity).
+async fn client_as(user: &str, groups: &[&str]) -> Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    groups.push("system:authenticated".to_owned());
+    config.auth_info.impersonate_groups = Some(groups);
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane and helm: run `cargo xtask test`"]
+async fn chart_user_roles_grant_what_the_admission_policy_checks() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "roles").await?;
+    let elsewhere = TestNamespace::create(&client, "roles-other").await?;
+    let app = ns.name.as_str();
+
+    // The chart's roles for people, named after this test's namespace (ClusterRoles are
+    // cluster-wide and tests run side by side), created for real.
+    let docs = render(app, &["--set", &format!("fullnameOverride={app}")])?;
+    let cluster_roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    let mut created = Vec::new();
+    for doc in docs.iter().filter(|d| {
+        d["kind"] == "ClusterRole"
+            && d["metadata"]["labels"]["app.kubernetes.io/component"] == "user-rbac"
+    }) {
+        let mut doc = doc.clone();
+        doc["metadata"]["labels"][E2E_LABEL] = json!("true");
+        let name = doc["metadata"]["name"].as_str().context("name")?.to_owned();
+        cluster_roles
+            .create(&PostParams::default(), &serde_json::from_value(doc)?)
+            .await
+            .with_context(|| format!("creating ClusterRole {name}"))?;
+        created.push(name);
+    }
+    // Plain RBAC in the application's namespace: a group approves prod, one person may
+    // also override it, one is release manager, one writes releases, one owns the Pipeline.
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client.clone(), app);
+    for (binding, role, subject) in [
+        (
+            "prod-approvers",
+            "approve-prod",
+            json!({"kind": "Group", "name": "prod-approvers"}),
+        ),
+        (
+            "prod-override",
+            "override-prod",
+            json!({"kind": "User", "name": "olga"}),
+        ),
+        (
+            "prod-override-approve",
+            "approve-prod",
+            json!({"kind": "User", "name": "olga"}),
+        ),
+        (
+            "release-managers",
+            "release-manager",
+            json!({"kind": "User", "name": "rita"}),
+        ),
+        (
+            "authors",
+            "release-author",
+            json!({"kind": "User", "name": "aaron"}),
+        ),
+        (
+            "pipeline-owners",
+            "pipeline-owner",
+            json!({"kind": "User", "name": "pia"}),
+        ),
+    ] {
+        let mut subject = subject;
+        subject["apiGroup"] = json!("rbac.authorization.k8s.io");
+        bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": binding},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                "name": format!("{app}-{role}")},
+                    "subjects": [subject]
+                }))?,
+            )
+            .await
+            .with_context(|| format!("creating RoleBinding {binding}"))?;
+    }
+
+    // What the authorizer says, as the admission policy asks it (the release manager's
+    // rules come from the aggregation controller, so this may take a moment).
+    let paula: (&str, &[&str]) = ("paula", &["prod-approvers"]);
+    let olga: (&str, &[&str]) = ("olga", &[]);
+    let rita: (&str, &[&str]) = ("rita", &[]);
+    let aaron: (&str, &[&str]) = ("aaron", &[]);
+    let pia: (&str, &[&str]) = ("pia", &[]);
+    let other = elsewhere.name.as_str();
+    let cases = [
+        (paula, "approve", "releases/prod", app, true),
+        (paula, "create", "approvals", app, true),
+        (paula, "get", "releases", app, true),
+        (paula, "approve", "releases/dev", app, false),
+        (paula, "override", "releases/prod", app, false),
+        (paula, "approve", "releases/prod", other, false),
+        (paula, "update", "pipelines", app, false),
+        (olga, "override", "releases/prod", app, true),
+        (olga, "approve", "releases/prod", app, true),
+        (olga, "override", "releases/qa", app, false),
+        (rita, "approve", "releases/dev", app, true),
+        (rita, "approve", "releases/qa", app, true),
+        (rita, "approve", "releases/demo", app, true),
+        (rita, "approve", "releases/prod", app, true),
+        (rita, "create", "approvals", app, true),
+        (rita, "override", "releases/prod", app, false),
+        (rita, "update", "pipelines", app, false),
+        (aaron, "create", "releases", app, true),
+        (aaron, "patch", "featuretoggles", app, true),
+        (aaron, "get", "pipelines", app, true),
+        (aaron, "update", "pipelines", app, false),
+        (aaron, "create", "approvals", app, false),
+        (aaron, "approve", "releases/prod", app, false),
+        (aaron, "patch", "releases/status", app, false),
+        (pia, "create", "pipelines", app, true),
+        (pia, "update", "pipelines", app, true),
+        (pia, "create", "releases", app, false),
+        (pia, "approve", "releases/prod", app, false),
+    ];
+    eventually(Duration::from_secs(30), || async {
+        let mut wrong = Vec::new();
+        for ((user, groups), verb, resource, namespace, allowed) in cases {
+            if may(&client, (user, groups), verb, resource, namespace).await? != allowed {
+                wrong.push(format!(
+                    "{user} {} {verb} {resource} in {namespace}",
+                    if allowed { "should" } else { "should not" }
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(Some(()))
+        } else {
+            bail!("{}", wrong.join("; "))
+        }
+    })
+    .await
+    .context("the chart's roles grant what they say")?;
+
+    // And the admission policy agrees: a release at prod's door (its status as the
+    // operator would write it), an approver of prod admitted, the same person refused
+    // for dev with the policy's message, a release author refused by RBAC.
+    let releases = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        app,
+        &kube::core::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "stagecoach.dev",
+            "v1alpha1",
+            "Release",
+        )),
+    );
+    let release = release_manifest(
+        "web-1.0.0",
+        "web",
+        "1.0.0",
+        "example/web:1.0.0",
+        &[json!({"name": "dev"}), json!({"name": "prod"})],
+    );
+    releases
+        .create(&PostParams::default(), &serde_json::from_value(release)?)
+        .await?;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    releases
+        .patch_status(
+            "web-1.0.0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "AwaitingApproval", "currentStage": "prod", "digest": digest,
+                "stages": [
+                    {"name": "dev", "namespace": "web-dev", "phase": "Pending"},
+                    {"name": "prod", "namespace": "web-prod", "phase": "Pending"}
+                ]
+            }})),
+        )
+        .await?;
+    let approval = |user: &str, stage: &str| -> Result<stagecoach_api::Approval> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Approval",
+            "metadata": {"generateName": format!("web-1.0.0-{stage}-"), "namespace": app},
+            "spec": {"release": "web-1.0.0", "stage": stage, "decision": "Approve",
+                     "approver": user, "releaseDigest": digest}
+        }))?)
+    };
+    let as_paula = client_as("paula", &["prod-approvers"]).await?;
+    Api::<stagecoach_api::Approval>::namespaced(as_paula.clone(), app)
+        .create(&PostParams::default(), &approval("paula", "prod")?)
+        .await
+        .context("an approver of prod (the chart's role, bound to her group) approves prod")?;
+    match Api::<stagecoach_api::Approval>::namespaced(as_paula, app)
+        .create(&PostParams::default(), &approval("paula", "dev")?)
+        .await
+    {
+        Err(kube::Error::Api(e))
+            if e.message
+                .contains("paula may not approve or reject stage dev")
+                && e.message.contains("releases/dev") => {}
+        other => {
+            bail!("an approver of prod approving dev should be refused by the policy: {other:?}")
+        }
+    }
+    let as_aaron = client_as("aaron", &[]).await?;
+    match Api::<stagecoach_api::Approval>::namespaced(as_aaron, app)
+        .create(&PostParams::default(), &approval("aaron", "prod")?)
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => bail!("a release author should not be able to approve: {other:?}"),
+    }
+
+    for name in created {
+        cluster_roles
+            .delete(&name, &kube::api::DeleteParams::default())
+            .await?;
+    }
+    elsewhere.delete().await?;
+    ns.delete().await
 }
