@@ -455,6 +455,41 @@ pub struct ReleaseStatus {
     /// The decisions that let the release into a stage or stopped it there, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalRecord>,
+    /// One entry per event and receiver of the Pipeline's notifications, oldest first:
+    /// what was sent, to whom, how often it was tried and whether it arrived. Bounded;
+    /// delivered entries are dropped before undelivered ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRecord>,
+}
+
+/// One event for one receiver, and how its delivery went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationRecord {
+    /// The CloudEvents id: the same for every attempt and every receiver of this event,
+    /// so a receiver can drop duplicates.
+    pub id: String,
+    /// What happened.
+    pub event: crate::pipeline::NotificationEvent,
+    /// The Pipeline's receiver (spec.notifications[].name).
+    pub receiver: String,
+    /// The stage it happened in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// When it happened (the event's time).
+    pub at: DateTime<Utc>,
+    /// Delivery attempts made so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// When the receiver accepted it (a 2xx answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it is tried again after a failure; absent once delivered, or after giving up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// A decision that counted.
