@@ -396,3 +396,77 @@ pub fn short(digest: &str) -> &str {
 
 #[cfg(test)]
 mod tests;
+
+/// Reason of the Pipeline's `Ready=True`.
+pub const IN_FORCE: &str = "InForce";
+
+/// The desired status of a Pipeline: `current` with `observedGeneration`, the stage list
+/// for people and `Ready` (in force, or why its releases cannot proceed) updated.
+/// `claimants` are the names of every Pipeline in the namespace governing the same
+/// application, this one included.
+pub fn pipeline_status(
+    name: &str,
+    spec: &PipelineSpec,
+    claimants: &[String],
+    current: Option<&stagecoach_api::pipeline::PipelineStatus>,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> stagecoach_api::pipeline::PipelineStatus {
+    use stagecoach_api::condition::{self, Condition, ConditionStatus};
+    let mut status = current.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    status.stages = Some(stage_list(spec));
+    let application = spec.application_or(name);
+    let ready = match check_pipeline(name, spec, claimants) {
+        Ok(()) => Condition::new(
+            "Ready",
+            ConditionStatus::True,
+            IN_FORCE,
+            format!("every release of application {application} follows this pipeline"),
+            generation,
+            now,
+        ),
+        Err(rejection) => Condition::new(
+            "Ready",
+            ConditionStatus::False,
+            rejection.reason,
+            rejection.message,
+            generation,
+            now,
+        ),
+    };
+    condition::upsert(&mut status.conditions, ready);
+    status
+}
+
+/// What keeps a Pipeline from governing its releases: another Pipeline claiming the same
+/// application, a stage without a namespace, two stages in one namespace, gates this
+/// operator cannot evaluate.
+pub fn check_pipeline(
+    name: &str,
+    spec: &PipelineSpec,
+    claimants: &[String],
+) -> Result<(), Rejection> {
+    let application = spec.application_or(name);
+    if claimants.len() > 1 {
+        return Err(Rejection {
+            reason: reason::AMBIGUOUS_PIPELINE,
+            message: format!(
+                "Pipelines {} all govern application {application}; its releases wait until all but one are removed",
+                claimants.join(", ")
+            ),
+        });
+    }
+    // The checks a release would get, on a release that asks for nothing of its own.
+    let probe: ReleaseSpec = serde_json::from_value(serde_json::json!({
+        "application": application,
+        "version": "0.0.0",
+        "workloads": [],
+    }))
+    .map_err(|e| Rejection {
+        reason: reason::CONTRADICTS_PIPELINE,
+        message: e.to_string(),
+    })?;
+    let stages = merge(&probe, name, spec)?;
+    crate::admission::check_release_in(&probe, &stages)
+}

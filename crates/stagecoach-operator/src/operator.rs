@@ -25,7 +25,7 @@ use crate::admin::{self, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::controller::scoped::Cache;
-use crate::controller::{self, release, toggle, workloads};
+use crate::controller::{self, pipeline, release, toggle, workloads};
 use crate::leader::{self, Elector, Leadership, LeaseConfig, LeaseLost};
 use crate::metrics::Metrics;
 use crate::ofrep::{self, FlagIndex};
@@ -129,10 +129,13 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         app_changes.clone(),
     );
     // Pipelines: the release controller's policy, and the stages toggles are served in.
+    let pipeline_sync = readiness.cache(pipeline::KIND);
+    let (pipelines_deleted, mut deleted_pipelines) = tokio::sync::mpsc::unbounded_channel();
     let (pipeline_cache, pipeline_changes) = toggle::watch_pipelines(
         scoped_api::<Pipeline>(&client, namespace),
-        readiness.cache("Pipeline"),
+        pipeline_sync.clone(),
         app_changes.clone(),
+        pipelines_deleted,
     );
     let epochs = app_changes.epochs();
     let (flag_set_cache, flag_set_events) =
@@ -218,19 +221,45 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let deployment_mapper = by_namespace(release_cache.clone());
     let pod_mapper = by_namespace(release_cache.clone());
     let revision_mapper = by_namespace(release_cache.clone());
-    // A Pipeline re-plans every release of its application; an Approval its release.
-    let pipeline_mapper = {
-        let store = release_cache.clone();
-        move |p: Pipeline| {
-            let application = p.application().to_owned();
-            store
-                .state()
-                .iter()
-                .filter(|r| r.namespace() == p.namespace() && r.spec.application == application)
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
-                .collect::<Vec<_>>()
+    // A Pipeline re-plans every release of its application (through the Pipeline
+    // controller, which keeps the Pipeline's status first); an Approval its release.
+    let (release_triggers, release_retriggers) = pipeline::trigger_channel::<Release>();
+    let (pipeline_triggers, pipeline_retriggers) = pipeline::trigger_channel::<Pipeline>();
+    let pipeline_ctx = Arc::new(pipeline::PipelineContext {
+        base: ctx.clone(),
+        pipelines: pipeline_cache.clone(),
+        releases: release_cache.clone(),
+        release_triggers,
+        pipeline_triggers,
+    });
+    // A deleted Pipeline: its application's releases and the other Pipelines claiming
+    // it look again (the second of two claimants is in force again, say).
+    let pipeline_deletions = {
+        let (releases, pipelines) = (release_cache.clone(), pipeline_cache.clone());
+        let (release_triggers, pipeline_triggers) = (
+            pipeline_ctx.release_triggers.clone(),
+            pipeline_ctx.pipeline_triggers.clone(),
+        );
+        async move {
+            while let Some(gone) = deleted_pipelines.recv().await {
+                let application = gone.application().to_owned();
+                for r in releases.state().iter().filter(|r| {
+                    r.namespace() == gone.namespace() && r.spec.application == application
+                }) {
+                    let _ = release_triggers.send(ObjectRef::from_obj(r.as_ref()));
+                }
+                for p in pipelines.state().iter().filter(|p| {
+                    p.namespace() == gone.namespace() && p.application() == application
+                }) {
+                    let _ = pipeline_triggers.send(ObjectRef::from_obj(p.as_ref()));
+                }
+            }
         }
     };
+    let pipelines = Controller::for_stream(pipeline_changes, pipeline_cache.clone())
+        .reconcile_on(pipeline_retriggers)
+        .reconcile_all_on(leadership.promotions())
+        .graceful_shutdown_on(shutdown.wait());
     let approval_mapper = |a: Approval| {
         a.namespace()
             .map(|ns| ObjectRef::<Release>::new(&a.spec.release).within(&ns))
@@ -243,8 +272,8 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         .watches_stream(revision_changes, move |r: ControllerRevision| {
             revision_mapper(r.namespace())
         })
-        .watches_stream(pipeline_changes, pipeline_mapper)
         .watches_stream(approval_changes, approval_mapper)
+        .reconcile_on(release_retriggers)
         .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());
     // Bounded: a change to an application re-reconciles all its toggles, and thousands of
@@ -278,6 +307,28 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         ),
         shutdown.clone(),
         release_sync,
+    );
+    let pipeline_loop = controller::drain(
+        pipeline::KIND,
+        pipelines.run(
+            {
+                let leadership = leadership.clone();
+                move |object, ctx| {
+                    let leading = leadership.is_leader();
+                    async move {
+                        if leading {
+                            pipeline::reconcile(object, ctx).await
+                        } else {
+                            Ok(kube::runtime::controller::Action::await_change())
+                        }
+                    }
+                }
+            },
+            pipeline::error_policy,
+            pipeline_ctx,
+        ),
+        shutdown.clone(),
+        pipeline_sync,
     );
     let toggle_loop = controller::drain(
         toggle::KIND,
@@ -324,6 +375,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let signals = tokio::spawn(signals);
+    let pipeline_deletions = tokio::spawn(pipeline_deletions);
     // The election runs until the controllers have stopped (then the leader releases the
     // Lease), or ends early with an error when leadership is lost.
     let (stop_electing, electing_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -344,6 +396,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let all = async {
         tokio::join!(
             release_loop,
+            pipeline_loop,
             toggle_loop,
             toggle_triggers,
             admin_server,
@@ -355,7 +408,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     let outcome = tokio::select! {
-        ((), (), (), admin, ofrep) = all => admin
+        ((), (), (), (), admin, ofrep) = all => admin
             .context("admin server failed")
             .and(ofrep.context("OFREP server failed")),
         () = grace_over => Err(anyhow::anyhow!(
@@ -365,6 +418,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         // in flight, so that this replica writes nothing once another may lead.
         lost = &mut election => {
             signals.abort();
+            pipeline_deletions.abort();
             return lost.and(Err(anyhow::anyhow!("leader election stopped")));
         }
     };
@@ -373,6 +427,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let outcome = outcome.and(election.await);
 
     signals.abort();
+    pipeline_deletions.abort();
     if outcome.is_ok() {
         info!("stopped");
     }

@@ -353,11 +353,13 @@ async fn prod_needs_two_approvals_from_allowed_users_of_the_current_content() ->
     let done = fixture
         .wait_phase(name, ReleasePhase::EarlyLifeSupport)
         .await?;
-    let approvers: Vec<String> = status(&done)
+    // Made within one second, so in either order.
+    let mut approvers: Vec<String> = status(&done)
         .approvals
         .iter()
         .map(|a| format!("{}:{}", a.approver, a.digest == second))
         .collect();
+    approvers.sort();
     ensure!(approvers == ["alice:true", "bob:true"], "{approvers:?}");
     fixture.wait_pods_on("prod", NEWER_IMAGE).await?;
     fixture.wait_event(name, "Normal", "Approved").await?;
@@ -664,5 +666,71 @@ async fn a_release_that_contradicts_its_pipeline_is_not_accepted_and_changes_not
     for stage in ["dev", "qa", "demo", "prod"] {
         fixture.assert_untouched(stage, name).await?;
     }
+    fixture.finish().await
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn a_pipeline_reports_itself_in_force_and_two_for_one_application_hold_its_releases()
+-> Result<()> {
+    let fixture = Fixture::start("pl-status").await?;
+    apply_pipeline(&fixture, pipeline_doc(&fixture, &json!({}))).await?;
+    let api: Api<stagecoach_api::Pipeline> =
+        Api::namespaced(fixture.client.clone(), &fixture.pipeline.home.name);
+    let ready = |p: &stagecoach_api::Pipeline| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.r#type == "Ready"))
+            .map(|c| (c.status, c.reason.clone()))
+    };
+    let in_force = eventually(Duration::from_secs(30), || async {
+        let p = api.get(APP).await?;
+        Ok(ready(&p)
+            .is_some_and(|(s, why)| s == stagecoach_api::ConditionStatus::True && why == "InForce")
+            .then_some(p))
+    })
+    .await?;
+    ensure!(
+        in_force.status.as_ref().and_then(|s| s.stages.as_deref()) == Some("dev, qa, demo, prod")
+    );
+    // A second Pipeline for the same application: both say so, and releases wait.
+    let mut second = pipeline_doc(&fixture, &json!({}));
+    second["metadata"]["name"] = json!("shop-too");
+    apply(&api, second).await?;
+    for name in [APP, "shop-too"] {
+        eventually(Duration::from_secs(30), || async {
+            let p = api.get(name).await?;
+            Ok(ready(&p)
+                .is_some_and(|(_, why)| why == "AmbiguousPipeline")
+                .then_some(()))
+        })
+        .await
+        .with_context(|| format!("{name} does not report the conflict"))?;
+    }
+    let release = "shop-1-1-0";
+    fixture
+        .create_release(&release_doc(&fixture, release, NEW_IMAGE))
+        .await?;
+    fixture
+        .wait_release(release, "AmbiguousPipeline", Duration::from_secs(30), |r| {
+            condition(r, "Accepted").is_some_and(|(_, why)| why == "AmbiguousPipeline")
+        })
+        .await?;
+    fixture.assert_untouched("dev", release).await?;
+    // Removing one lets the release go, and the other is in force again.
+    api.delete("shop-too", &kube::api::DeleteParams::default())
+        .await?;
+    fixture
+        .wait_release(release, "dev started", ROLLOUT_TIMEOUT, |r| {
+            stage_phase(r, "dev").is_some_and(|p| p != StagePhase::Pending)
+        })
+        .await?;
+    eventually(Duration::from_secs(30), || async {
+        let p = api.get(APP).await?;
+        Ok(ready(&p)
+            .is_some_and(|(_, why)| why == "InForce")
+            .then_some(()))
+    })
+    .await?;
     fixture.finish().await
 }

@@ -434,3 +434,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_pipeline_is_in_force_unless_shared_or_unusable() {
+    let spec = pipeline();
+    let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let mut no_gates = spec.clone();
+    no_gates.stages[2].gates.clear();
+    let status = pipeline_status("billing", &no_gates, &["billing".into()], None, Some(3), now);
+    assert_eq!(status.stages.as_deref(), Some("dev, qa, prod"));
+    assert_eq!(status.observed_generation, Some(3));
+    assert_eq!(status.conditions[0].reason, IN_FORCE);
+
+    let shared = pipeline_status(
+        "billing",
+        &no_gates,
+        &["billing".into(), "billing-2".into()],
+        Some(&status),
+        Some(3),
+        now,
+    );
+    assert_eq!(shared.conditions[0].reason, reason::AMBIGUOUS_PIPELINE);
+
+    let mut same_namespace = no_gates.clone();
+    same_namespace.stages[1].namespace = Some("billing-dev".into());
+    let refused = check_pipeline("billing", &same_namespace, &[]).unwrap_err();
+    assert_eq!(refused.reason, crate::admission::reason::DUPLICATE_NAMESPACE);
+
+    // Gates are not evaluated by this operator yet: the Pipeline says so up front.
+    let refused = check_pipeline("billing", &spec, &[]).unwrap_err();
+    assert_eq!(refused.reason, crate::admission::reason::UNSUPPORTED_GATE);
+}

@@ -7,6 +7,7 @@
 //! current one.
 
 pub mod fence;
+pub mod pipeline;
 pub mod release;
 pub mod scoped;
 pub mod toggle;

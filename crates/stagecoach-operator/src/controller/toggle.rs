@@ -115,11 +115,7 @@ impl ToggleContext {
     }
 
     /// The toggles and Releases of `namespace` as the caches have them now.
-    fn observe(
-        &self,
-        namespace: &str,
-        application: &str,
-    ) -> Observed {
+    fn observe(&self, namespace: &str, application: &str) -> Observed {
         let toggles = self.toggles.state_filter(|t| {
             t.spec.application == application && t.metadata.namespace.as_deref() == Some(namespace)
         });

@@ -276,6 +276,7 @@ pub fn watch_pipelines(
     api: Api<Pipeline>,
     synced: CacheSync,
     changes: Changes,
+    deleted: mpsc::UnboundedSender<Pipeline>,
 ) -> (
     Store<Pipeline>,
     impl Stream<Item = Result<Pipeline, watcher::Error>> + Send + 'static,
@@ -286,6 +287,11 @@ pub fn watch_pipelines(
         synced,
         |_| {},
         move |event| {
+            // The controller's stream carries applied objects only: a deleted Pipeline
+            // is reported on its own (its releases and the other claimants look again).
+            if let watcher::Event::Delete(pipeline) = event {
+                let _ = deleted.send(pipeline.clone());
+            }
             let facts = |p: &Pipeline| {
                 let stages: Vec<(String, Option<String>)> = p
                     .spec
