@@ -13,6 +13,7 @@ mod ofrep;
 mod operator;
 mod retry;
 mod shutdown;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the operator. Every label has a small, fixed set of values:
 //! `kind` is Release or FeatureToggle, `category` comes from
-//! [`ReconcileError::category`](crate::error::ReconcileError::category).
+//! [`ReconcileError::category`](crate::error::ReconcileError::category). `stage` and
+//! `gate` are names from the Releases' configuration (dev, qa, demo, prod by default;
+//! workload-health and the configured gates), never a release's name or version.
 
 use std::time::Duration;
 
@@ -34,6 +36,8 @@ pub struct ReleaseMetrics {
     pub lead_time: prometheus::Histogram,
     pub by_phase: prometheus::IntGaugeVec,
     pub stale_views: prometheus::IntCounter,
+    pub gate_verdicts: IntCounterVec,
+    pub rollouts_in_progress: prometheus::IntGaugeVec,
 }
 
 impl ReleaseMetrics {
@@ -85,6 +89,25 @@ impl ReleaseMetrics {
         )?;
         registry.register(Box::new(by_phase.clone()))?;
         registry.register(Box::new(stale_views.clone()))?;
+        let gate_verdicts = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_gate_verdicts_total",
+                "Gate verdicts recorded in Release status, by stage, gate and verdict \
+                 (Passing, Failing, Inconclusive). The built-in workload-health gate records \
+                 changes of its verdict only.",
+            ),
+            &["stage", "gate", "verdict"],
+        )?;
+        let rollouts_in_progress = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "stagecoach_stage_rollouts_in_progress",
+                "Stages being rolled out now (stage phase Progressing, pauses included), by \
+                 stage name.",
+            ),
+            &["stage"],
+        )?;
+        registry.register(Box::new(gate_verdicts.clone()))?;
+        registry.register(Box::new(rollouts_in_progress.clone()))?;
         Ok(Self {
             rollbacks,
             stage_transitions,
@@ -92,7 +115,32 @@ impl ReleaseMetrics {
             lead_time,
             by_phase,
             stale_views,
+            gate_verdicts,
+            rollouts_in_progress,
         })
+    }
+
+    /// Sets `stagecoach_stage_rollouts_in_progress` from the Releases' statuses: per stage
+    /// name, the Releases whose stage of that name is Progressing. Stages with none drop
+    /// out of the gauge.
+    pub fn count_rollouts<'a>(
+        &self,
+        statuses: impl IntoIterator<Item = Option<&'a stagecoach_api::ReleaseStatus>>,
+    ) {
+        let mut counts: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for status in statuses.into_iter().flatten() {
+            for stage in &status.stages {
+                if stage.phase == stagecoach_api::release::StagePhase::Progressing {
+                    *counts.entry(stage.name.as_str()).or_default() += 1;
+                }
+            }
+        }
+        self.rollouts_in_progress.reset();
+        for (stage, count) in counts {
+            self.rollouts_in_progress
+                .with_label_values(&[stage])
+                .set(count);
+        }
     }
 }
 
@@ -104,6 +152,7 @@ pub struct ToggleMetrics {
     pub flag_set_writes: IntCounterVec,
     pub coupling_transitions: IntCounterVec,
     pub ofrep_requests: IntCounterVec,
+    pub ofrep_duration: HistogramVec,
 }
 
 impl ToggleMetrics {
@@ -131,7 +180,21 @@ impl ToggleMetrics {
         )?;
         registry.register(Box::new(flag_set_writes.clone()))?;
         registry.register(Box::new(coupling_transitions.clone()))?;
+        // From 100 µs: an evaluation from the index takes tens of microseconds; a bulk
+        // answer for a thousand flags a few milliseconds.
+        let ofrep_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "stagecoach_ofrep_request_duration_seconds",
+                "Time to answer one OFREP request (rejections included), from its head \
+                 until the answer is ready (reading the body included), by endpoint.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["endpoint"],
+        )?;
         registry.register(Box::new(ofrep_requests.clone()))?;
+        registry.register(Box::new(ofrep_duration.clone()))?;
         for action in ["apply", "delete"] {
             flag_set_writes.with_label_values(&[action]);
         }
@@ -139,6 +202,7 @@ impl ToggleMetrics {
             flag_set_writes,
             coupling_transitions,
             ofrep_requests,
+            ofrep_duration,
         })
     }
 }
@@ -313,6 +377,39 @@ mod tests {
         assert!(
             text.contains("stagecoach_status_writes_total{kind=\"FeatureToggle\"} 2"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn rollouts_in_progress_count_progressing_stages_by_name() {
+        let metrics = Metrics::new().unwrap();
+        let status = |phases: &[(&str, &str)]| -> stagecoach_api::ReleaseStatus {
+            let stages: Vec<serde_json::Value> = phases
+                .iter()
+                .map(|(name, phase)| serde_json::json!({"name": name, "namespace": name, "phase": phase}))
+                .collect();
+            serde_json::from_value(serde_json::json!({ "stages": stages })).unwrap()
+        };
+        let a = status(&[("dev", "Succeeded"), ("prod", "Progressing")]);
+        let b = status(&[("dev", "Progressing"), ("prod", "Pending")]);
+        let c = status(&[("dev", "Succeeded"), ("prod", "Progressing")]);
+        metrics
+            .releases()
+            .count_rollouts([Some(&a), Some(&b), None, Some(&c)]);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("stagecoach_stage_rollouts_in_progress{stage=\"prod\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stagecoach_stage_rollouts_in_progress{stage=\"dev\"} 1"),
+            "{text}"
+        );
+        metrics.releases().count_rollouts([Some(&a)]);
+        let text = metrics.render().unwrap();
+        assert!(
+            !text.contains("stagecoach_stage_rollouts_in_progress{stage=\"dev\"}"),
+            "a stage with none drops out: {text}"
         );
     }
 }

@@ -329,6 +329,7 @@ async fn record(
     let version = apply_status::<Release>(&ctx.base, key, &plan.status).await?;
     ctx.fence.wrote(fence_key(key), version.as_deref());
     record_metrics(ctx, plan);
+    crate::telemetry::release_recorded(&ctx.base.metrics, release, current, plan);
     publish_events(ctx, release, plan).await;
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     announce_acceptance(
@@ -401,6 +402,11 @@ fn update_phase_gauge(ctx: &ReleaseContext) {
     for (phase, count) in counts {
         gauge.with_label_values(&[phase]).set(count);
     }
+    let releases = ctx.releases.state();
+    ctx.base
+        .metrics
+        .releases()
+        .count_rollouts(releases.iter().map(|r| r.status.as_ref()));
 }
 
 /// What happens after a failed reconcile; see [`super::error_policy`].

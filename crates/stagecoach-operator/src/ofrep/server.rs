@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use prometheus::{IntCounter, IntCounterVec};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use stagecoach_engine::toggle::{
@@ -67,12 +67,15 @@ impl Endpoint {
 }
 
 /// Every answer, by endpoint and status code (both bounded: three endpoints, three-digit
-/// codes). The common ones are resolved once, so such a request only bumps an atomic.
+/// codes), and how long it took, by endpoint. The common ones are resolved once, so such
+/// a request only bumps atomics.
 #[derive(Clone)]
 struct Counters {
     requests: IntCounterVec,
     /// `[single, bulk]` x `[200, 304, 400, 404]`.
     common: [[IntCounter; 4]; 2],
+    /// `[single, bulk, other]`.
+    durations: [Histogram; 3],
 }
 
 impl Counters {
@@ -88,10 +91,29 @@ impl Counters {
         let row = |endpoint: Endpoint| {
             Self::COMMON.map(|code| requests.with_label_values(&[endpoint.label(), code.as_str()]))
         };
+        let duration = |endpoint: Endpoint| {
+            metrics
+                .ofrep_duration
+                .with_label_values(&[endpoint.label()])
+        };
         Self {
             common: [row(Endpoint::Single), row(Endpoint::Bulk)],
             requests,
+            durations: [
+                duration(Endpoint::Single),
+                duration(Endpoint::Bulk),
+                duration(Endpoint::Other),
+            ],
         }
+    }
+
+    fn observe(&self, endpoint: Endpoint, took: Duration) {
+        let at = match endpoint {
+            Endpoint::Single => 0,
+            Endpoint::Bulk => 1,
+            Endpoint::Other => 2,
+        };
+        self.durations[at].observe(took.as_secs_f64());
     }
 
     fn count(&self, endpoint: Endpoint, status: StatusCode) {
@@ -237,6 +259,7 @@ async fn count_and_limit(
     request: Request,
     next: Next,
 ) -> Response {
+    let started = Instant::now();
     let counters = &guard.counters;
     let uri_len = request
         .uri()
@@ -288,6 +311,7 @@ async fn count_and_limit(
     };
     guard.cors.decorate(origin, &mut response);
     counters.count(endpoint, response.status());
+    counters.observe(endpoint, started.elapsed());
     response
 }
 
@@ -1134,6 +1158,15 @@ mod tests {
             text.contains("stagecoach_ofrep_requests_total{code=\"405\",endpoint=\"single\"} 1"),
             "{text}"
         );
+        // Each answer is timed too, in the endpoint's latency histogram.
+        for (endpoint, answers) in [("single", 5), ("bulk", 2), ("other", 1)] {
+            assert!(
+                text.contains(&format!(
+                    "stagecoach_ofrep_request_duration_seconds_count{{endpoint=\"{endpoint}\"}} {answers}"
+                )),
+                "{endpoint}: {text}"
+            );
+        }
     }
 
     async fn call_cors(
