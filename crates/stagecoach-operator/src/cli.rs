@@ -101,6 +101,40 @@ pub struct RunArgs {
     /// over); shorter than --renew-deadline.
     #[arg(long, env = "STAGECOACH_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
+
+    #[command(flatten)]
+    pub sentry: SentryArgs,
+}
+
+/// Error reporting to Sentry: off unless a DSN is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SentryArgs {
+    /// Report panics and reconcile errors that are not transient to this Sentry DSN, such
+    /// as https://KEY@o0.ingest.sentry.io/PROJECT. Default: no reporting.
+    #[arg(long = "sentry-dsn", env = "SENTRY_DSN", value_name = "DSN")]
+    pub dsn: Option<String>,
+
+    /// The Sentry environment of the events, such as production or staging. Default:
+    /// production.
+    #[arg(
+        long = "sentry-environment",
+        env = "SENTRY_ENVIRONMENT",
+        default_value = "production"
+    )]
+    pub environment: String,
+
+    /// Also send an info event when a release enters a stage ("billing 2.4.0 entered
+    /// stage prod"), tagged with its application, version and stage: a marker next to
+    /// the errors. Needs --sentry-dsn.
+    #[arg(
+        long = "sentry-release-markers",
+        env = "STAGECOACH_SENTRY_RELEASE_MARKERS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub release_markers: bool,
 }
 
 impl RunArgs {
@@ -251,6 +285,39 @@ mod tests {
         assert_eq!(args.lease_namespace(), "billing");
         if std::env::var_os("STAGECOACH_LEADER_ELECT").is_none() {
             assert!(args.leader_elect);
+        }
+    }
+
+    #[test]
+    fn sentry_flags() {
+        let cli = Cli::try_parse_from([
+            "stagecoach",
+            "run",
+            "--sentry-dsn",
+            "http://public@127.0.0.1:9/1",
+            "--sentry-environment",
+            "staging",
+            "--sentry-release-markers",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(
+            args.sentry.dsn.as_deref(),
+            Some("http://public@127.0.0.1:9/1")
+        );
+        assert_eq!(args.sentry.environment, "staging");
+        assert!(args.sentry.release_markers);
+        if std::env::var_os("SENTRY_DSN").is_none()
+            && std::env::var_os("STAGECOACH_SENTRY_RELEASE_MARKERS").is_none()
+        {
+            let cli = Cli::try_parse_from(["stagecoach", "run"]).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("expected run");
+            };
+            assert_eq!(args.sentry.dsn, None);
+            assert!(!args.sentry.release_markers);
         }
     }
 

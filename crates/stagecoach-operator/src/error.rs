@@ -71,6 +71,60 @@ impl ReconcileError {
             | Self::Finalizer(_) => true,
         }
     }
+
+    /// Whether the failure deserves a person's attention (it is reported to Sentry): a
+    /// refusal that will come back on every retry (403 Forbidden, 422 Invalid from a
+    /// policy or webhook, ...) or a fault of the operator itself. Not a fault: what the
+    /// retry absorbs, the ordinary weather of a cluster (a 409 conflict, throttling, an
+    /// API server that restarts or cannot be reached, an object deleted in between).
+    /// The write fence's stale-cache waits are not errors at all (a plain requeue).
+    pub fn is_fault(&self) -> bool {
+        match self {
+            Self::MissingMetadata(_) | Self::SerializeStatus(_) => true,
+            Self::PatchStatus(source)
+            | Self::PublishEvent(source)
+            | Self::WriteFlagSet { source, .. } => !is_weather(source),
+            Self::ApplyWorkload { source, .. } | Self::Finalizer(source) => !is_weather(source),
+        }
+    }
+
+    /// The namespace of the workload or flag set a failed write was for.
+    pub fn target_namespace(&self) -> Option<&str> {
+        match self {
+            Self::ApplyWorkload { namespace, .. } | Self::WriteFlagSet { namespace, .. } => {
+                Some(namespace)
+            }
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the API server answered, when it answered with an error status.
+    pub fn api_status(&self) -> Option<u16> {
+        match self {
+            Self::PatchStatus(kube::Error::Api(status))
+            | Self::PublishEvent(kube::Error::Api(status))
+            | Self::WriteFlagSet {
+                source: kube::Error::Api(status),
+                ..
+            } => Some(status.code),
+            Self::ApplyWorkload { source, .. } | Self::Finalizer(source) => match source.as_ref() {
+                kube::Error::Api(status) => Some(status.code),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Whether a client error is transient by nature: a conflict (409), throttling (429), a
+/// timeout (408, 504), the API server failing or going away (5xx), an object gone in
+/// between (404, 410), or the connection itself (refused, reset, timed out).
+fn is_weather(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => matches!(status.code, 404 | 408 | 409 | 410 | 429 | 500..=599),
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +141,53 @@ mod tests {
             let category = error.category();
             assert!(category.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
+    }
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        }))
+    }
+
+    fn apply_workload(source: kube::Error) -> ReconcileError {
+        ReconcileError::ApplyWorkload {
+            action: "update",
+            namespace: "shop-dev".into(),
+            name: "api".into(),
+            source: Box::new(source),
+        }
+    }
+
+    #[test]
+    fn transient_failures_are_not_faults() {
+        for code in [404, 408, 409, 410, 429, 500, 503, 504] {
+            for error in [
+                ReconcileError::PatchStatus(api(code)),
+                ReconcileError::PublishEvent(api(code)),
+                apply_workload(api(code)),
+                ReconcileError::Finalizer(Box::new(api(code))),
+                ReconcileError::WriteFlagSet {
+                    action: "apply",
+                    namespace: "shop-dev".into(),
+                    source: api(code),
+                },
+            ] {
+                assert!(!error.is_fault(), "{code}: {error}");
+                assert_eq!(error.api_status(), Some(code));
+            }
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!apply_workload(kube::Error::Service(Box::new(refused))).is_fault());
+    }
+
+    #[test]
+    fn refusals_that_stay_are_faults() {
+        for code in [400, 401, 403, 413, 422] {
+            assert!(apply_workload(api(code)).is_fault(), "{code}");
+            assert!(ReconcileError::PatchStatus(api(code)).is_fault(), "{code}");
+        }
+        assert!(ReconcileError::MissingMetadata("name").is_fault());
+        assert_eq!(ReconcileError::MissingMetadata("name").api_status(), None);
     }
 }

@@ -11,6 +11,7 @@ mod logging;
 mod metrics;
 mod ofrep;
 mod operator;
+mod reporting;
 mod retry;
 mod shutdown;
 mod telemetry;
@@ -40,6 +41,15 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("stagecoach: {error:#}");
         return ExitCode::FAILURE;
     }
+    // Before the runtime starts, so that a panic anywhere is reported; dropped last, which
+    // sends what is still queued.
+    let _sentry = match reporting::init(&args.sentry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot start error reporting");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -29,6 +29,7 @@ use crate::controller::{self, pipeline, release, toggle, workloads};
 use crate::leader::{self, Elector, Leadership, LeaseConfig, LeaseLost};
 use crate::metrics::Metrics;
 use crate::ofrep::{self, FlagIndex};
+use crate::reporting;
 use crate::shutdown::Shutdown;
 
 /// Most FeatureToggle reconciles running at once.
@@ -295,7 +296,8 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
                     let leading = leadership.is_leader();
                     async move {
                         if leading {
-                            release::reconcile(object, ctx).await
+                            let subject = reporting::Subject::Release(object.clone());
+                            reporting::reported(subject, release::reconcile(object, ctx)).await
                         } else {
                             Ok(kube::runtime::controller::Action::await_change())
                         }
@@ -332,7 +334,14 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     );
     let toggle_loop = controller::drain(
         toggle::KIND,
-        toggles.run(toggle::reconcile, toggle::error_policy, toggle_ctx),
+        toggles.run(
+            |object, ctx| {
+                let subject = reporting::Subject::Toggle(object.clone());
+                reporting::reported(subject, toggle::reconcile(object, ctx))
+            },
+            toggle::error_policy,
+            toggle_ctx,
+        ),
         shutdown.clone(),
         toggle_sync,
     );

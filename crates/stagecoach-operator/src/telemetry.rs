@@ -1,17 +1,18 @@
 //! What a Release status write tells the outside beyond the status itself: gate verdicts
-//! for `stagecoach_gate_verdicts_total`. Called once per status write, with the status
-//! before and the plan.
+//! for `stagecoach_gate_verdicts_total`, and Sentry release markers for the stages the
+//! release entered. Called once per status write, with the status before and the plan.
 
 use stagecoach_api::Release;
 use stagecoach_api::release::{GateStatus, GateVerdict, ReleaseStatus, StagePhase, StageStatus};
 use stagecoach_engine::release::Plan;
 
 use crate::metrics::Metrics;
+use crate::reporting;
 
 /// Name of the built-in gate, present in every stage in progress.
 const WORKLOAD_HEALTH: &str = "workload-health";
 
-/// Counts the gate verdicts the write records.
+/// Counts the gate verdicts the write records and sends the release markers.
 pub fn release_recorded(
     metrics: &Metrics,
     release: &Release,
@@ -27,6 +28,11 @@ pub fn release_recorded(
                 verdict_label(verdict.verdict),
             ])
             .inc();
+    }
+    for (stage, phase) in &plan.stage_transitions {
+        if *phase == StagePhase::Progressing {
+            reporting::stage_entered(release, stage);
+        }
     }
 }
 

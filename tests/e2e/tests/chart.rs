@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -127,7 +127,7 @@ async fn install_monitoring_crds(client: &kube::Client) -> Result<()> {
 
 /// Every optional part of the chart switched on, with the lists that have their own
 /// template branches filled in.
-const ALL_OPTIONAL_PARTS: [&str; 18] = [
+const ALL_OPTIONAL_PARTS: [&str; 20] = [
     "--set",
     "serviceMonitor.enabled=true,podMonitor.enabled=true,networkPolicy.enabled=true,dashboard.enabled=true",
     "--set",
@@ -146,7 +146,54 @@ const ALL_OPTIONAL_PARTS: [&str; 18] = [
     r#"ofrep.corsOrigins=["https://app.example.com"]"#,
     "--set",
     "ofrep.rateLimit=50",
+    "--set",
+    "sentry.dsnSecret.name=stagecoach-sentry,sentry.releaseMarkers=true",
 ];
+
+/// The operator container's environment variable `name`, as rendered.
+fn container_env<'a>(docs: &'a [Value], name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == "Deployment")?["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// Sentry is configured only when a DSN or its Secret is given, and then completely.
+fn check_sentry_env(docs: &[Value], values: &[&str]) -> Result<()> {
+    let dsn = container_env(docs, "SENTRY_DSN");
+    let markers = container_env(docs, "STAGECOACH_SENTRY_RELEASE_MARKERS");
+    if values.iter().any(|v| v.contains("sentry.dsnSecret.name=")) {
+        ensure!(
+            dsn.is_some_and(|e| e["valueFrom"]["secretKeyRef"]
+                == json!({"name": "stagecoach-sentry", "key": "dsn"})),
+            "SENTRY_DSN from the Secret: {dsn:?}"
+        );
+        ensure!(markers.is_some_and(|e| e["value"] == "true"), "{markers:?}");
+    } else if values.iter().any(|v| v.starts_with("sentry.dsn=")) {
+        ensure!(
+            dsn.is_some_and(|e| e["value"] == SENTRY_DSN),
+            "SENTRY_DSN from the value: {dsn:?}"
+        );
+        ensure!(
+            container_env(docs, "SENTRY_ENVIRONMENT").is_some_and(|e| e["value"] == "staging"),
+            "SENTRY_ENVIRONMENT from sentry.environment"
+        );
+        ensure!(
+            markers.is_some_and(|e| e["value"] == "false"),
+            "{markers:?}"
+        );
+    } else {
+        ensure!(
+            dsn.is_none() && markers.is_none(),
+            "no Sentry without a DSN"
+        );
+    }
+    Ok(())
+}
+
+/// A DSN for the chart test (never called).
+const SENTRY_DSN: &str = "https://key@sentry.example.com/7";
 
 /// The optional parts in a rendering: the monitors, the NetworkPolicy and the dashboard
 /// ConfigMap (the one labelled for Grafana's sidecar).
@@ -386,6 +433,7 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
     install_monitoring_crds(&client).await?;
     let ns = TestNamespace::create(&client, "chart").await?;
     let watch_one = format!("watchNamespace={}", ns.name);
+    let sentry_dsn = format!("sentry.dsn={SENTRY_DSN}");
     let other_roles = [
         "stagecoach-approve-eu-west-1",
         "stagecoach-approve-production",
@@ -407,6 +455,16 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
         (
             ALL_OPTIONAL_PARTS.to_vec(),
             true,
+            DEFAULT_USER_ROLES.as_slice(),
+        ),
+        (
+            vec![
+                "--set",
+                sentry_dsn.as_str(),
+                "--set",
+                "sentry.environment=staging",
+            ],
+            false,
             DEFAULT_USER_ROLES.as_slice(),
         ),
         (OTHER_STAGES.to_vec(), false, other_roles.as_slice()),
@@ -472,6 +530,7 @@ async fn chart_renders_and_the_api_server_accepts_it() -> Result<()> {
         if optional {
             check_optional_parts(&docs)?;
         }
+        check_sentry_env(&docs, &values)?;
         for expected in [
             "CustomResourceDefinition",
             "ServiceAccount",
