@@ -27,7 +27,7 @@ use crate::release::{EarlyLifeSupport, Gate, ReleaseType, Step};
     category = "stagecoach",
     namespaced,
     status = "PipelineStatus",
-    printcolumn = r#"{"name":"Application","type":"string","jsonPath":".spec.application"}"#,
+    printcolumn = r#"{"name":"Application","type":"string","jsonPath":".status.application"}"#,
     printcolumn = r#"{"name":"Stages","type":"string","jsonPath":".status.stages"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
@@ -388,6 +388,9 @@ pub struct PipelineStatus {
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The application governed (spec.application, or metadata.name when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
     /// The stages in order, for people: "dev, qa, demo, prod".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages: Option<String>,

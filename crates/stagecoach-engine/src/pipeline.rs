@@ -417,6 +417,7 @@ pub fn pipeline_status(
     status.observed_generation = generation;
     status.stages = Some(stage_list(spec));
     let application = spec.application_or(name);
+    status.application = Some(application.to_owned());
     let ready = match check_pipeline(name, spec, claimants) {
         Ok(()) => Condition::new(
             "Ready",

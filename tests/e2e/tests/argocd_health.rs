@@ -15,7 +15,7 @@ use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, VmState};
 use serde::Deserialize;
 
 const GROUP: &str = "stagecoach.dev";
-const KINDS: [&str; 2] = ["Release", "FeatureToggle"];
+const KINDS: [&str; 3] = ["Release", "FeatureToggle", "Pipeline"];
 
 fn health_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/stagecoach/health")
@@ -143,6 +143,11 @@ fn release_health() {
 #[test]
 fn feature_toggle_health() {
     check_kind("FeatureToggle").unwrap();
+}
+
+#[test]
+fn pipeline_health() {
+    check_kind("Pipeline").unwrap();
 }
 
 /// The `argocd-cm` snippet carries each script exactly, under the key Argo CD reads.
