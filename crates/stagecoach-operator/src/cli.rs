@@ -102,6 +102,11 @@ pub struct RunArgs {
     #[arg(long, env = "STAGECOACH_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
 
+    /// Longest wait between two attempts to deliver a notification that failed; the wait
+    /// starts at 1s and doubles with every failure.
+    #[arg(long, env = "STAGECOACH_NOTIFICATION_MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub notification_max_backoff: Duration,
+
     #[command(flatten)]
     pub sentry: SentryArgs,
 }

@@ -9,6 +9,7 @@ mod events;
 mod leader;
 mod logging;
 mod metrics;
+mod notify;
 mod ofrep;
 mod operator;
 mod reporting;

@@ -13,6 +13,9 @@ use prometheus::{
 /// Kinds of object the operator reconciles: the values of the `kind` label.
 pub const KINDS: [&str; 2] = ["Release", "FeatureToggle"];
 
+/// Values of the `outcome` label of `stagecoach_notifications_total`.
+pub const NOTIFICATION_OUTCOMES: [&str; 2] = ["delivered", "failed"];
+
 /// The operator's metrics and the registry that owns them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -22,6 +25,7 @@ pub struct Metrics {
     reconcile_duration: HistogramVec,
     status_writes: IntCounterVec,
     leader: prometheus::IntGauge,
+    notifications: IntCounterVec,
     releases: ReleaseMetrics,
     toggles: ToggleMetrics,
 }
@@ -253,6 +257,21 @@ impl Metrics {
              Every replica serves OFREP.",
         )?;
         registry.register(Box::new(leader.clone()))?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "stagecoach_notifications_total",
+                "Notification delivery attempts that ended, by event (Announced, StageStarted, ...) \
+                 and outcome (delivered or failed).",
+            ),
+            &["event", "outcome"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
+        for event in stagecoach_engine::notify::EVENTS {
+            for outcome in NOTIFICATION_OUTCOMES {
+                notifications
+                    .with_label_values(&[stagecoach_engine::notify::event_name(event), outcome]);
+            }
+        }
         // Every kind shows up from the start, with 0, so that a scrape before the first
         // reconcile (or a test comparing before and after) finds the series.
         for kind in KINDS {
@@ -269,6 +288,7 @@ impl Metrics {
             reconcile_duration,
             status_writes,
             leader,
+            notifications,
             releases,
             toggles,
         })
@@ -292,6 +312,14 @@ impl Metrics {
     /// Counts a status patch about to be sent.
     pub fn status_written(&self, kind: &str) {
         self.status_writes.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a notification delivery attempt that ended: `outcome` is one of
+    /// [`NOTIFICATION_OUTCOMES`].
+    pub fn notified(&self, event: &str, outcome: &str) {
+        self.notifications
+            .with_label_values(&[event, outcome])
+            .inc();
     }
 
     /// Sets the `stagecoach_leader` gauge.
@@ -355,6 +383,13 @@ mod tests {
         metrics.reconcile_failed("Release", "patch_status");
         metrics.status_written("FeatureToggle");
         metrics.status_written("FeatureToggle");
+        assert!(
+            metrics
+                .render()
+                .unwrap()
+                .contains("stagecoach_notifications_total{event=\"Closed\",outcome=\"failed\"} 0")
+        );
+        metrics.notified("Announced", "delivered");
         assert!(metrics.render().unwrap().contains("stagecoach_leader 0"));
         metrics.set_leader(true);
         assert!(metrics.is_leader());
@@ -376,6 +411,12 @@ mod tests {
         );
         assert!(
             text.contains("stagecoach_status_writes_total{kind=\"FeatureToggle\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stagecoach_notifications_total{event=\"Announced\",outcome=\"delivered\"} 1"
+            ),
             "{text}"
         );
     }

@@ -28,6 +28,7 @@ use crate::controller::scoped::Cache;
 use crate::controller::{self, pipeline, release, toggle, workloads};
 use crate::leader::{self, Elector, Leadership, LeaseConfig, LeaseLost};
 use crate::metrics::Metrics;
+use crate::notify;
 use crate::ofrep::{self, FlagIndex};
 use crate::reporting;
 use crate::shutdown::Shutdown;
@@ -196,6 +197,15 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         args.namespace.clone(),
         shutdown.wait(),
     );
+    // Notifications: a reconcile queues what is due; this run's worker (so the leader's
+    // only) POSTs it and asks for a reconcile of the release when an attempt has ended.
+    let (notifier, notify_worker, notification_triggers) = notify::Notifier::new(
+        client.clone(),
+        metrics.clone(),
+        args.notification_max_backoff,
+    )
+    .context("cannot set up the HTTP client for notifications")?;
+    let _notify_worker = notify::spawn(notify_worker);
     let release_ctx = Arc::new(release::ReleaseContext {
         base: ctx.clone(),
         releases: release_cache.clone(),
@@ -207,6 +217,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
             revisions: revision_cache,
         },
         fence: controller::fence::WriteFence::default(),
+        notifier,
     });
     let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
         move |namespace: Option<String>| {
@@ -274,6 +285,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
             revision_mapper(r.namespace())
         })
         .watches_stream(approval_changes, approval_mapper)
+        .reconcile_on(notification_triggers)
         .reconcile_on(release_retriggers)
         .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());

@@ -11,9 +11,10 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use stagecoach_api::release::{ReleasePhase, ResolvedStage};
 use stagecoach_api::{Approval, Pipeline, Release};
+use stagecoach_engine::notify::{self, Deliveries};
 use stagecoach_engine::pipeline::{Governing, pipelines_of, resolve_stages};
 use stagecoach_engine::release::observed::OtherRelease;
-use stagecoach_engine::release::{Plan, PlanInput, plan_release};
+use stagecoach_engine::release::{Plan, PlanInput};
 use tracing::{debug, info, instrument, warn};
 
 use super::fence::{Cached, WriteFence};
@@ -50,6 +51,8 @@ pub struct ReleaseContext {
     pub caches: WorkloadCaches,
     /// The resource versions of this operator's last writes (see [`WriteFence`]).
     pub fence: WriteFence,
+    /// Sends the release's notifications in the background (see [`crate::notify`]).
+    pub notifier: crate::notify::Notifier,
 }
 
 /// Reconciles one Release: observe -> plan -> apply.
@@ -182,8 +185,10 @@ async fn reconcile_release(
     let annotations: BTreeMap<String, String> = release.annotations().clone();
     let gate_measurements = BTreeMap::new();
 
-    // Plan (no client required).
-    let plan = plan_release(&PlanInput {
+    // Plan (no client required), with the outcomes of notification deliveries folded in.
+    let outcomes = ctx.notifier.outcomes(&key.namespace, &key.name);
+    let uid = release.uid().unwrap_or_default();
+    let input = PlanInput {
         name: &release.name_any(),
         generation: release.metadata.generation,
         created: created_at(release),
@@ -197,7 +202,13 @@ async fn reconcile_release(
         governing,
         approvals: &approval_refs,
         now: status_now(),
-    });
+    };
+    let deliveries = Deliveries {
+        uid: &uid,
+        outcomes: &outcomes,
+        max_backoff: ctx.notifier.max_backoff(),
+    };
+    let mut plan = notify::plan(&input, &deliveries);
 
     // Apply (client required). A rollback is recorded (status, Events, metrics) before
     // its actions, so neither a crash nor a failing action can lose the decision; anything
@@ -219,6 +230,14 @@ async fn reconcile_release(
     }
     if !plan.status_first && status_changed {
         record(ctx, release, key, current, &plan).await?;
+    }
+    // Notifications due go to the background worker; the reconcile never waits for them.
+    let pipeline_spec = match governing {
+        Governing::Pipeline(_, spec) => Some(spec),
+        Governing::None | Governing::Conflict(_) => None,
+    };
+    if let Some(soon) = ctx.notifier.dispatch(release, &plan.status, pipeline_spec) {
+        plan.requeue_after = Some(plan.requeue_after.map_or(soon, |r| r.min(soon)));
     }
     let terminal = plan.status.phase.is_some_and(ReleasePhase::is_terminal);
     if deleting && terminal && plan.actions.is_empty() {
