@@ -119,6 +119,11 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(value: &i32) -> bool {
+    *value == 0
+}
+
 /// Kind of release.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -327,6 +332,16 @@ pub struct Gate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub failure_limit: Option<i32>,
+    /// Inconclusive evaluations in a row (no answer, a timeout, an empty or NaN result)
+    /// tolerated; one more applies onInconclusive. An inconclusive result never counts as
+    /// passing. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub inconclusive_limit: Option<i32>,
+    /// What happens past inconclusiveLimit: Pause (default: the release waits for a
+    /// person, who can resume or abort it) or Fail (roll the stage back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_inconclusive: Option<InconclusivePolicy>,
     /// Query a Prometheus-compatible HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusGate>,
@@ -338,43 +353,144 @@ pub struct Gate {
     pub job: Option<JobGate>,
 }
 
-/// A gate that evaluates a PromQL query.
+/// What happens when a gate stays inconclusive past its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum InconclusivePolicy {
+    /// Hold the release (phase Paused, a condition asking a person to look).
+    Pause,
+    /// Roll the stage back.
+    Fail,
+}
+
+/// A gate that evaluates a PromQL instant query (Prometheus, or any server with the same
+/// HTTP API, such as Google Cloud Managed Service for Prometheus).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusGate {
     /// Base URL of the Prometheus HTTP API, such as http://prometheus.monitoring:9090.
     #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^https?://[^/?#\\s]+') && isURL(self)",
+        "message": "address must be an http:// or https:// URL with a host"
+    }]))]
     pub address: String,
-    /// PromQL query returning a single number; '{{namespace}}' and '{{stage}}' are
-    /// replaced before it runs.
+    /// PromQL query returning exactly one number. '{{stage}}', '{{namespace}}',
+    /// '{{release}}' and '{{version}}' are replaced before it runs, so one gate serves
+    /// every stage. An empty result, NaN or more than one series is Inconclusive.
     #[schemars(length(min = 1, max = 8192))]
     pub query: String,
     /// The evaluation passes when the result compares true against threshold.
     pub comparison: Comparison,
     /// Number the result is compared with.
     pub threshold: f64,
+    /// Secret key (in the stage namespace) holding a bearer token sent with the query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret_ref: Option<crate::pipeline::SecretKeyRef>,
+    /// Secret key (in the stage namespace) holding a PEM CA bundle to trust for https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<crate::pipeline::SecretKeyRef>,
+    /// Longest wait for an answer; no answer in time is Inconclusive. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("timeout")]))]
+    pub timeout: Option<String>,
 }
 
-/// How a measured number is compared with a threshold.
+/// How a measured value is compared with the expected one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Comparison {
     LessThan,
     LessOrEqual,
     GreaterThan,
     GreaterOrEqual,
+    Equal,
+    NotEqual,
 }
 
-/// A gate that calls a URL and passes on the expected status code.
+/// A gate that calls a URL: it passes when the response has the expected status and,
+/// optionally, a JSON field of the body compares true with a value. This is how Sentry's
+/// API (new issues for the release, say) or any other service is asked.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpGate {
-    /// URL to GET.
+    /// URL to call; '{{stage}}', '{{namespace}}', '{{release}}' and '{{version}}' are
+    /// replaced.
     #[schemars(length(min = 1, max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^https?://[^/?#\\s]+')",
+        "message": "url must be an http:// or https:// URL with a host"
+    }]))]
     pub url: String,
+    /// HTTP method. Default GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// Request headers; a value may come from a Secret in the stage namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HttpHeader>,
+    /// Request body, with the same placeholders as url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
     /// Status code that means healthy. Default 200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 599))]
     pub expected_status: Option<i32>,
+    /// A field of the JSON response to check, as a JSON pointer such as /count or
+    /// /data/0/status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == '' || self.startsWith('/')",
+        "message": "jsonPointer must start with '/', such as /count"
+    }]))]
+    pub json_pointer: Option<String>,
+    /// How the field compares with value. Default Equal. Numbers compare as numbers,
+    /// anything else as text (Equal and NotEqual only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+    /// The value the field is compared with, as text ("0", "ok", "true").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub value: Option<String>,
+    /// Longest wait for an answer; no answer in time is Inconclusive. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("timeout")]))]
+    pub timeout: Option<String>,
+}
+
+/// An HTTP method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HttpMethod {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "POST")]
+    Post,
+    #[serde(rename = "PUT")]
+    Put,
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+/// One request header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.value) != has(self.secretRef)",
+    "message": "a header sets exactly one of value or secretRef"
+}]))]
+pub struct HttpHeader {
+    /// Header name, such as Authorization.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub value: Option<String>,
+    /// The value, from a key of a Secret in the stage namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<crate::pipeline::SecretKeyRef>,
 }
 
 /// A gate that runs a Job and passes when it succeeds.
@@ -392,11 +508,27 @@ pub struct JobGate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub args: Vec<String>,
-    /// Longest time the Job may run; past it the evaluation fails. Default 10m.
+    /// Environment of the Job's container, besides STAGECOACH_RELEASE,
+    /// STAGECOACH_VERSION, STAGECOACH_STAGE and STAGECOACH_NAMESPACE, which are always set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+    /// Longest time the Job may run; past it the evaluation is Inconclusive. Default 10m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("timeout")]))]
     pub timeout: Option<String>,
+}
+
+/// An environment variable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvVar {
+    /// Name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Value.
+    #[schemars(length(max = 8192))]
+    pub value: String,
 }
 
 /// Where the release is and what happened on its way; written only by the operator.
@@ -706,6 +838,13 @@ pub struct GateStatus {
     /// Failing evaluations counted in the current step.
     #[serde(default)]
     pub failures: i32,
+    /// Inconclusive evaluations in a row.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inconclusive: i32,
+    /// The measured value behind the verdict, when there is one (a query's result, a
+    /// JSON field, a status code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     /// When the measurement behind this verdict was taken. The built-in gate records only
     /// changes, so for it this is when the verdict or message last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

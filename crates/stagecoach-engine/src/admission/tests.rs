@@ -46,10 +46,19 @@ fn gate(name: &str) -> Gate {
         interval: None,
         count: None,
         failure_limit: None,
+        inconclusive_limit: None,
+        on_inconclusive: None,
         prometheus: None,
         http: Some(HttpGate {
             url: "http://billing-api/healthz".into(),
+            method: None,
+            headers: vec![],
+            body: None,
             expected_status: None,
+            json_pointer: None,
+            comparison: None,
+            value: None,
+            timeout: None,
         }),
         job: None,
     }
@@ -293,6 +302,7 @@ fn invalid_durations_are_rejected_with_the_field_named() {
                         image: "busybox".into(),
                         command: vec![],
                         args: vec![],
+                        env: vec![],
                         timeout: Some("-5m".into()),
                     }),
                     ..gate("suite")
@@ -419,6 +429,7 @@ fn arb_gate() -> impl Strategy<Value = Gate> {
                 image: "busybox".into(),
                 command: vec![],
                 args: vec![],
+                env: vec![],
                 timeout: Some(timeout),
             }),
             ..gate(&name)

@@ -118,12 +118,15 @@ fn every_loosening_is_refused_and_named() {
         interval: None,
         count: None,
         failure_limit: None,
+        inconclusive_limit: None,
+        on_inconclusive: None,
         prometheus: None,
         http: None,
         job: Some(JobGate {
             image: "e2e:skip".into(),
             command: Vec::new(),
             args: Vec::new(),
+            env: Vec::new(),
             timeout: None,
         }),
     }];
@@ -320,12 +323,15 @@ fn arb_gates() -> impl Strategy<Value = Vec<Gate>> {
                 interval: None,
                 count: None,
                 failure_limit: None,
+                inconclusive_limit: None,
+                on_inconclusive: None,
                 prometheus: None,
                 http: None,
                 job: Some(JobGate {
                     image: format!("img:{n}"),
                     command: Vec::new(),
                     args: Vec::new(),
+                    env: Vec::new(),
                     timeout: None,
                 }),
             })
@@ -441,7 +447,14 @@ fn a_pipeline_is_in_force_unless_shared_or_unusable() {
     let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
     let mut no_gates = spec.clone();
     no_gates.stages[2].gates.clear();
-    let status = pipeline_status("billing", &no_gates, &["billing".into()], None, Some(3), now);
+    let status = pipeline_status(
+        "billing",
+        &no_gates,
+        &["billing".into()],
+        None,
+        Some(3),
+        now,
+    );
     assert_eq!(status.stages.as_deref(), Some("dev, qa, prod"));
     assert_eq!(status.observed_generation, Some(3));
     assert_eq!(status.conditions[0].reason, IN_FORCE);
@@ -459,7 +472,10 @@ fn a_pipeline_is_in_force_unless_shared_or_unusable() {
     let mut same_namespace = no_gates.clone();
     same_namespace.stages[1].namespace = Some("billing-dev".into());
     let refused = check_pipeline("billing", &same_namespace, &[]).unwrap_err();
-    assert_eq!(refused.reason, crate::admission::reason::DUPLICATE_NAMESPACE);
+    assert_eq!(
+        refused.reason,
+        crate::admission::reason::DUPLICATE_NAMESPACE
+    );
 
     // Gates are not evaluated by this operator yet: the Pipeline says so up front.
     let refused = check_pipeline("billing", &spec, &[]).unwrap_err();

@@ -21,6 +21,8 @@ pub const RESTART_LIMIT: i32 = 3;
 pub struct Measurement {
     pub verdict: GateVerdict,
     pub message: String,
+    /// The value measured, when there is one (a query's result, a JSON field).
+    pub value: Option<String>,
     /// When it was measured; a measurement is counted once.
     pub at: DateTime<Utc>,
 }
@@ -65,6 +67,8 @@ pub fn tally(
         message: String::new(),
         successes: 0,
         failures: 0,
+        inconclusive: 0,
+        value: None,
         last_evaluated_at: None,
     });
     let changed = status.verdict != measurement.verdict || status.message != measurement.message;
@@ -130,6 +134,7 @@ pub fn workload_health(
         measurement: Measurement {
             verdict,
             message,
+            value: None,
             at: now,
         },
         deadline_exceeded: false,
@@ -248,6 +253,7 @@ mod tests {
         Measurement {
             verdict,
             message: format!("{verdict:?} at {s}"),
+            value: None,
             at: at(s),
         }
     }
@@ -283,6 +289,7 @@ mod tests {
         let same_second = Measurement {
             verdict: GateVerdict::Passing,
             message: "ready".into(),
+            value: None,
             at: at(5),
         };
         let (s2, d2) = tally("g", Some(&s1), &same_second, GateModel::IMMEDIATE);

@@ -58,6 +58,7 @@ impl Planner<'_> {
                 .unwrap_or(Measurement {
                     verdict: stagecoach_api::release::GateVerdict::Inconclusive,
                     message: "not measured yet".into(),
+                    value: None,
                     at: self.status.stages[index]
                         .step_started_at
                         .unwrap_or(self.now()),
