@@ -190,6 +190,8 @@ mod tests {
             message: message.into(),
             successes: i32::from(verdict == GateVerdict::Passing),
             failures: i32::from(verdict == GateVerdict::Failing),
+            inconclusive: 0,
+            value: None,
             last_evaluated_at: at(seconds),
         }
     }
