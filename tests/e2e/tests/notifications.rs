@@ -54,9 +54,12 @@ impl Request {
     }
 }
 
+/// An "answer" that is none: the connection is held open and nothing is sent back.
+const NEVER: u16 = 0;
+
 #[derive(Default)]
 struct Book {
-    /// Status code per path; 200 when not set.
+    /// Status code per path ([`NEVER`]: no answer at all); 200 when not set.
     answers: BTreeMap<String, u16>,
     requests: Vec<Request>,
 }
@@ -164,6 +167,11 @@ async fn serve(mut stream: tokio::net::TcpStream, book: &Mutex<Book>) -> Result<
         });
         answered
     };
+    if answered == NEVER {
+        // Holds the connection open without a word (until the receiver is dropped).
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        return Ok(());
+    }
     let response = format!(
         "HTTP/1.1 {answered} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
         if answered < 300 { "OK" } else { "Nope" }
@@ -747,5 +755,71 @@ async fn a_rollback_tells_the_receivers_which_gate_failed() -> Result<()> {
     ensure!(closed["data"]["outcome"] == "RolledBack", "{closed}");
     ensure!(closed["data"]["rollbacks"][0]["stage"] == "dev", "{closed}");
     let _: DateTime<Utc> = DateTime::parse_from_rfc3339(closed["time"].as_str().unwrap())?.into();
+    fixture.finish().await
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn a_receiver_that_never_answers_does_not_slow_a_rollback() -> Result<()> {
+    let fixture = fixture("nt-silent").await?;
+    let hooks = Receiver::start().await?;
+    hooks.answer("/silent", NEVER);
+    token_secret(&fixture).await?;
+    // The same failing release twice: first with no receiver, then with one that holds
+    // every request until the operator's timeout, for every event.
+    let mut took = Vec::new();
+    for (round, receivers) in [
+        json!([]),
+        json!([receiver("silent", &hooks.url("/silent"), &[])]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        apply_pipeline(&fixture, &receivers, &json!({})).await?;
+        let name = format!("shop-2-0-{round}");
+        let started = std::time::Instant::now();
+        fixture
+            .create_release(&release_doc(&fixture, &name, "minor", BAD_IMAGE))
+            .await?;
+        let rolled = fixture.wait_phase(&name, ReleasePhase::RolledBack).await?;
+        took.push(started.elapsed());
+        fixture.wait_template("dev", fixture.before("dev")).await?;
+        if round == 1 {
+            // Every attempt so far is still waiting for an answer, or timed out.
+            ensure!(
+                records(&rolled).iter().all(|r| r.delivered_at.is_none()),
+                "{:?}",
+                records(&rolled)
+            );
+            ensure!(!hooks.requests("/silent").is_empty(), "never tried");
+        }
+    }
+    println!(
+        "rollback of a failing release: {:.1}s without a receiver, {:.1}s with one that never answers",
+        took[0].as_secs_f64(),
+        took[1].as_secs_f64()
+    );
+    ensure!(
+        took[1] <= took[0] + Duration::from_secs(3),
+        "the silent receiver slowed the rollback: {:?} against {:?}",
+        took[1],
+        took[0]
+    );
+    // The receiver's 5 s timeout is recorded as the reason.
+    let waited = fixture
+        .wait_release(
+            "shop-2-0-1",
+            "a timed-out attempt recorded",
+            Duration::from_secs(30),
+            |r| {
+                records(r).iter().any(|n| {
+                    n.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("no answer within 5s"))
+                })
+            },
+        )
+        .await?;
+    ensure!(records(&waited).iter().all(|r| r.delivered_at.is_none()));
     fixture.finish().await
 }
