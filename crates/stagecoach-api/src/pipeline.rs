@@ -81,46 +81,28 @@ pub struct PipelineSpec {
 pub struct PipelineStage {
     /// Stage name, such as dev, qa, demo or prod (lower-case letters, digits and '-').
     #[schemars(length(max = 20))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": "stage name must be 1-20 lower-case letters, digits and '-', starting and ending with a letter or digit"
-    }]))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::release::stage_name_rule()]))]
     pub name: String,
 
     /// Namespace of this stage. Default: '<application>-<stage name>'. A release cannot
     /// move a stage to another namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": "namespace must be a valid namespace name (lower-case letters, digits and '-')"
-    }]))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::release::namespace_rule()]))]
     pub namespace: Option<String>,
 
     /// Rollout steps of this stage for every release. When set, releases cannot change
     /// them; when omitted, a release may set its own (default: one step, setWeight 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {
-            "rule": "self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && self.filter(s, has(s.setWeight)).all(a, self.filter(t, has(t.setWeight) && t.setWeight == a.setWeight).size() == 1)",
-            "message": "setWeight values must strictly increase from one step to the next within a stage"
-        },
-        {
-            "rule": "self.exists(s, has(s.setWeight) && s.setWeight == 100)",
-            "message": "the last setWeight step of a stage must be 100, so that the stage ends on the new version"
-        }
-    ]))]
+    #[schemars(extend("x-kubernetes-validations" = crate::release::steps_rules()))]
     pub steps: Option<Vec<Step>>,
 
     /// Checks every release must pass at every step of this stage and during early life
     /// support. A release may add gates of its own, never remove these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.all(g, self.exists_one(h, h.name == g.name))",
-        "message": "gate names must be unique within a stage"
-    }]))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::release::unique_gates_rule()]))]
     pub gates: Vec<Gate>,
 
     /// New pods must be ready within this time after a step starts. A release may set a

@@ -114,6 +114,44 @@ pub struct ReleaseSpec {
     pub abort: bool,
 }
 
+/// CEL rules of a stage's steps (shared by Release and Pipeline stages).
+pub(crate) fn steps_rules() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "rule": "self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && self.filter(s, has(s.setWeight)).all(a, self.filter(t, has(t.setWeight) && t.setWeight == a.setWeight).size() == 1)",
+            "message": "setWeight values must strictly increase from one step to the next within a stage"
+        },
+        {
+            "rule": "self.exists(s, has(s.setWeight) && s.setWeight == 100)",
+            "message": "the last setWeight step of a stage must be 100, so that the stage ends on the new version"
+        }
+    ])
+}
+
+/// CEL rule of a stage name.
+pub(crate) fn stage_name_rule() -> serde_json::Value {
+    serde_json::json!({
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "stage name must be 1-20 lower-case letters, digits and '-', starting and ending with a letter or digit"
+    })
+}
+
+/// CEL rule of a stage namespace.
+pub(crate) fn namespace_rule() -> serde_json::Value {
+    serde_json::json!({
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        "message": "namespace must be a valid namespace name (lower-case letters, digits and '-')"
+    })
+}
+
+/// CEL rule: gate names are unique within a stage.
+pub(crate) fn unique_gates_rule() -> serde_json::Value {
+    serde_json::json!({
+        "rule": "self.all(g, self.exists_one(h, h.name == g.name))",
+        "message": "gate names must be unique within a stage"
+    })
+}
+
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_false(value: &bool) -> bool {
     !*value
@@ -204,19 +242,13 @@ pub struct ContainerImage {
 pub struct Stage {
     /// Stage name, such as dev, qa, demo or prod (lower-case letters, digits and '-').
     #[schemars(length(max = 20))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": "stage name must be 1-20 lower-case letters, digits and '-', starting and ending with a letter or digit"
-    }]))]
+    #[schemars(extend("x-kubernetes-validations" = [stage_name_rule()]))]
     pub name: String,
 
     /// Namespace of this stage. Default: '<application>-<stage name>'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-        "message": "namespace must be a valid namespace name (lower-case letters, digits and '-')"
-    }]))]
+    #[schemars(extend("x-kubernetes-validations" = [namespace_rule()]))]
     pub namespace: Option<String>,
 
     /// Rollout steps, run in order. A setWeight step runs that percentage of pods on the
@@ -226,26 +258,14 @@ pub struct Stage {
     /// setWeight 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {
-            "rule": "self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted() && self.filter(s, has(s.setWeight)).all(a, self.filter(t, has(t.setWeight) && t.setWeight == a.setWeight).size() == 1)",
-            "message": "setWeight values must strictly increase from one step to the next within a stage"
-        },
-        {
-            "rule": "self.exists(s, has(s.setWeight) && s.setWeight == 100)",
-            "message": "the last setWeight step of a stage must be 100, so that the stage ends on the new version"
-        }
-    ]))]
+    #[schemars(extend("x-kubernetes-validations" = steps_rules()))]
     pub steps: Option<Vec<Step>>,
 
     /// Checks evaluated at every step and during early life support, in addition to the
     /// built-in workload-health gate that is always on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.all(g, self.exists_one(h, h.name == g.name))",
-        "message": "gate names must be unique within a stage"
-    }]))]
+    #[schemars(extend("x-kubernetes-validations" = [unique_gates_rule()]))]
     pub gates: Vec<Gate>,
 
     /// New pods must be ready within this time after a step starts, else the step fails
