@@ -390,7 +390,7 @@ pub struct PrometheusGate {
     /// Base URL of the Prometheus HTTP API, such as http://prometheus.monitoring:9090.
     #[schemars(length(min = 1, max = 2048))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^https?://[^/?#\\s]+') && isURL(self)",
+        "rule": "self.matches('^https?://[^/?#\\\\s]+') && isURL(self)",
         "message": "address must be an http:// or https:// URL with a host"
     }]))]
     pub address: String,
@@ -437,7 +437,7 @@ pub struct HttpGate {
     /// replaced.
     #[schemars(length(min = 1, max = 2048))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^https?://[^/?#\\s]+')",
+        "rule": "self.matches('^https?://[^/?#\\\\s]+')",
         "message": "url must be an http:// or https:// URL with a host"
     }]))]
     pub url: String,
