@@ -3,6 +3,7 @@
 mod cluster;
 mod crdgen;
 mod demo;
+mod image;
 mod test;
 
 use std::path::PathBuf;
@@ -38,6 +39,14 @@ enum Command {
         /// Keep the operator running at the end until Ctrl-C.
         #[arg(long)]
         keep_running: bool,
+    },
+    /// The container image without a container engine: the operator built with the
+    /// Dockerfile's flags (static, musl), checked, and the Dockerfile linted (hadolint).
+    /// Part of `test` (dev profile).
+    Image {
+        /// Build the release profile, exactly the Dockerfile's binary (slower).
+        #[arg(long)]
+        release: bool,
     },
     /// Benchmarks: rollback latency, step overhead, OFREP throughput and memory, on a
     /// fresh control plane with a release build of the operator.
@@ -77,6 +86,11 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen { check } => crdgen::run(check),
         Command::Test { skip_e2e } => test::run_all(skip_e2e),
+        Command::Image { release } => image::check(if release {
+            image::Profile::Release
+        } else {
+            image::Profile::Dev
+        }),
         Command::Bench => test::run_benchmarks(),
         Command::Demo { keep_running } => demo::run(keep_running),
         Command::Cluster { action, name } => {

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: every check, in the order CI runs them.
 //!
 //! fmt, clippy, `gen --check`, unit and property tests (with flagd's JavaScript evaluator,
-//! installed from npm into tests/flagd-js), then the end-to-end tests on a
-//! fresh control plane that this command builds (if needed), starts and stops.
+//! installed from npm into tests/flagd-js), the image checks without a container engine
+//! (the static musl build with the Dockerfile's flags, hadolint; see `image.rs`), then the
+//! end-to-end tests on a fresh control plane that this command builds (if needed), starts
+//! and stops.
 
 use std::process::Command;
 use std::time::Instant;
@@ -12,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::cluster::{Cluster, build};
 use crate::{crdgen, workspace_root};
 
-fn cargo(args: &[&str]) -> Command {
+pub(crate) fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root()).args(args);
     cmd
@@ -222,7 +224,7 @@ fn ensure_wrk() -> Result<()> {
     Ok(())
 }
 
-fn run(step: &str, mut cmd: Command) -> Result<()> {
+pub(crate) fn run(step: &str, mut cmd: Command) -> Result<()> {
     let started = Instant::now();
     eprintln!("\n==> {step}");
     let status = cmd.status().with_context(|| format!("starting {step}"))?;
@@ -260,6 +262,9 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
         &mut tally,
     )?;
     flag_sets_against_flagd_js(&mut tally)?;
+    // No container engine runs here: the image's binary is built as the Dockerfile builds
+    // it and checked, and the Dockerfile is linted.
+    crate::image::check(crate::image::Profile::Dev)?;
     if skip_e2e {
         eprintln!("\nend-to-end tests skipped (--skip-e2e)");
         return Ok(());
