@@ -1,5 +1,6 @@
 //! Benchmark, not a timed test: OFREP single-evaluation throughput and p99 latency with
-//! 1,000 toggles loaded (wrk over loopback), and the operator's resident memory with
+//! 1,000 toggles loaded (wrk over loopback), open and then with the application's bearer
+//! token required (what access control costs), and the operator's resident memory with
 //! 10,000 toggles. Prints its numbers and asserts nothing about them (targets: >= 20,000
 //! evaluations/s, p99 < 2 ms, < 64 MiB resident). `cargo xtask bench` runs it on a fresh
 //! control plane with a release build of the operator; by hand:
@@ -13,13 +14,13 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines)] // a benchmark script
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use stagecoach_api::{FeatureToggle, Release};
@@ -277,59 +278,19 @@ async fn bench_ofrep() -> Result<()> {
     );
 
     // wrk: single evaluations of random flags for random clients in demo (client lists,
-    // then 20/80 splits).
+    // then 20/80 splits); first open, then with app0's bearer token required.
     let script = std::env::temp_dir().join(format!("stagecoach-ofrep-{ns}.lua"));
-    std::fs::write(
-        &script,
-        format!(
-            r#"wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local base = "/apps/{ns}/app0/stages/demo/ofrep/v1/evaluate/flags/flag-"
-math.randomseed(os.time())
-request = function()
-  local flag = math.random(0, {last})
-  local body = '{{"context":{{"targetingKey":"user-' .. math.random(1, 100000) .. '","clientId":"client-' .. math.random(0, 10000) .. '"}}}}'
-  return wrk.format(nil, base .. flag, nil, body)
-end
-"#,
-            last = PER_APPLICATION - 1
-        ),
-    )?;
-    // Two runs: 50 connections find the most the operator answers (wrk's closed loop
-    // makes latency = connections / throughput there, so its p99 says little); 10
-    // connections show the latency while it answers the target rate.
-    for connections in [50, 10] {
-        let connections = connections.to_string();
-        let args = [
-            "-t2",
-            "-c",
-            connections.as_str(),
-            "-d20s",
-            "--latency",
-            "-s",
-        ];
+    std::fs::write(&script, wrk_script(&ns, None))?;
+    let open = wrk_runs(&operator, &script, "no token").await?;
+    let token = format!("bench-token-{}", std::process::id());
+    require_token(&client, &operator, &ns, &token).await?;
+    let authed_script = std::env::temp_dir().join(format!("stagecoach-ofrep-{ns}-auth.lua"));
+    std::fs::write(&authed_script, wrk_script(&ns, Some(&token)))?;
+    let authed = wrk_runs(&operator, &authed_script, "bearer token").await?;
+    for ((connections, open), (_, authed)) in open.iter().zip(&authed) {
         println!(
-            "$ wrk {} {} {}",
-            args.join(" "),
-            script.display(),
-            operator.ofrep
-        );
-        let out = Command::new("wrk")
-            .args(args)
-            .arg(&script)
-            .arg(&operator.ofrep)
-            .output()
-            .await?;
-        let output = String::from_utf8_lossy(&out.stdout).into_owned();
-        println!("{output}");
-        let rps = wrk_value(&output, "Requests/sec:").unwrap_or("?");
-        let p50 = wrk_value(&output, "50%").unwrap_or("?");
-        let p99 = wrk_value(&output, "99%").unwrap_or("?");
-        let errors = wrk_value(&output, "Non-2xx or 3xx responses:").unwrap_or("0");
-        println!(
-            "OFREP single evaluation, 1,000 toggles, {connections} connections: {rps} \
-             evaluations/s, p50 {p50}, p99 {p99}, non-2xx {errors} (targets: >= 20,000/s, \
-             p99 < 2 ms)"
+            "OFREP single evaluation, {connections} connections: {open} without a token, \
+             {authed} with a bearer token checked"
         );
     }
 
@@ -359,6 +320,111 @@ end
             .await?;
     }
     home.delete().await
+}
+
+/// wrk's Lua script: single evaluations of random flags of app0 in demo for random
+/// clients, with `Authorization: Bearer <token>` when given.
+fn wrk_script(ns: &str, token: Option<&str>) -> String {
+    let authorization = token.map_or_else(String::new, |token| {
+        format!("wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n")
+    });
+    format!(
+        r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+{authorization}local base = "/apps/{ns}/app0/stages/demo/ofrep/v1/evaluate/flags/flag-"
+math.randomseed(os.time())
+request = function()
+  local flag = math.random(0, {last})
+  local body = '{{"context":{{"targetingKey":"user-' .. math.random(1, 100000) .. '","clientId":"client-' .. math.random(0, 10000) .. '"}}}}'
+  return wrk.format(nil, base .. flag, nil, body)
+end
+"#,
+        last = PER_APPLICATION - 1
+    )
+}
+
+/// Two wrk runs with `script`: 50 connections find the most the operator answers (wrk's
+/// closed loop makes latency = connections / throughput there, so its p99 says little);
+/// 10 connections show the latency while it answers the target rate. Returns (connections,
+/// summary) per run.
+async fn wrk_runs(operator: &Operator, script: &Path, label: &str) -> Result<Vec<(u32, String)>> {
+    let mut summaries = Vec::new();
+    for connections in [50_u32, 10] {
+        let connections_text = connections.to_string();
+        let args = [
+            "-t2",
+            "-c",
+            connections_text.as_str(),
+            "-d20s",
+            "--latency",
+            "-s",
+        ];
+        println!(
+            "$ wrk {} {} {}",
+            args.join(" "),
+            script.display(),
+            operator.ofrep
+        );
+        let out = Command::new("wrk")
+            .args(args)
+            .arg(script)
+            .arg(&operator.ofrep)
+            .output()
+            .await?;
+        let output = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("{output}");
+        let rps = wrk_value(&output, "Requests/sec:").unwrap_or("?");
+        let p50 = wrk_value(&output, "50%").unwrap_or("?");
+        let p99 = wrk_value(&output, "99%").unwrap_or("?");
+        let errors = wrk_value(&output, "Non-2xx or 3xx responses:").unwrap_or("0");
+        let summary = format!("{rps} evaluations/s, p50 {p50}, p99 {p99}, non-2xx {errors}");
+        println!(
+            "OFREP single evaluation ({label}), 1,000 toggles, {connections} connections: \
+             {summary} (targets: >= 20,000/s, p99 < 2 ms)"
+        );
+        summaries.push((connections, summary));
+    }
+    Ok(summaries)
+}
+
+/// Requires a bearer token for app0 (a labelled Secret, as in the README) and waits until
+/// OFREP answers 401 without it and 200 with it.
+async fn require_token(
+    client: &kube::Client,
+    operator: &Operator,
+    ns: &str,
+    token: &str,
+) -> Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": "app0-ofrep",
+            "labels": {"stagecoach.dev/ofrep-application": "app0"}
+        },
+        "stringData": {"token": token}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let url = format!(
+        "{}/apps/{ns}/app0/stages/demo/ofrep/v1/evaluate/flags/flag-1",
+        operator.ofrep
+    );
+    let http = reqwest::Client::new();
+    let body = r#"{"context":{"targetingKey":"probe"}}"#;
+    eventually(Duration::from_secs(30), || async {
+        let open = http.post(&url).body(body).send().await?.status();
+        let authed = http
+            .post(&url)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await?
+            .status();
+        Ok((open == 401 && authed == 200).then_some(()))
+    })
+    .await
+    .context("OFREP never required app0's token")
 }
 
 /// A benchmark, not a test (`harness = false`): `cargo xtask bench` runs it.
