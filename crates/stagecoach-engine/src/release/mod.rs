@@ -3,6 +3,8 @@
 //! - [`observed`]: what the controller saw, as plain data;
 //! - [`rollout`]: canary sizing and pod-template arithmetic;
 //! - [`gate`]: the gate model and the built-in workload-health gate;
+//! - [`providers`]: what a Prometheus, HTTP or Job gate's answer means (pure; the
+//!   operator does the IO);
 //! - [`phases`]: the release state machine, the transitions a reconcile may make;
 //! - [`promote`]: what the promote annotation names, against where the release is;
 //! - [`plan`]: the planner itself.
@@ -12,6 +14,7 @@ pub mod observed;
 pub mod phases;
 pub mod plan;
 pub mod promote;
+pub mod providers;
 pub mod rollout;
 
 #[cfg(test)]
