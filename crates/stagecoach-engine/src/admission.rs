@@ -27,8 +27,9 @@ pub mod reason {
     pub const INVALID_DURATION: &str = "InvalidDuration";
     /// A FeatureToggle names a variant that is not among `spec.variants`.
     pub const UNKNOWN_VARIANT: &str = "UnknownVariant";
-    /// A stage configures a gate kind whose provider this operator version lacks.
-    pub const UNSUPPORTED_GATE: &str = "UnsupportedGate";
+    /// A gate the providers cannot evaluate as written (no provider or several, a
+    /// reserved name, an ordering comparison with a value that is not a number).
+    pub const INVALID_GATE: &str = "InvalidGate";
 }
 
 /// Why a spec cannot be acted on.
@@ -73,26 +74,64 @@ pub fn check_release_in(spec: &ReleaseSpec, stages: &[ResolvedStage]) -> Result<
         }
     }
     for stage in stages {
-        check_gate_providers(stage)?;
+        check_gates(stage)?;
     }
     Ok(())
 }
 
-/// Gate providers (Prometheus, HTTP, Job) are not part of this operator version yet. A
-/// gate nobody can measure would stay Inconclusive and fail the stage at its deadline;
-/// refusing the spec up front says why instead.
-fn check_gate_providers(stage: &ResolvedStage) -> Result<(), Rejection> {
-    match stage.gates.first() {
-        None => Ok(()),
-        Some(gate) => Err(Rejection::new(
-            reason::UNSUPPORTED_GATE,
-            format!(
-                "stage {} gate {}: this version of the operator evaluates only \
-                 the built-in workload-health gate; remove the gates list or upgrade the operator",
-                stage.name, gate.name
-            ),
-        )),
+/// What the schema's CEL rules already say about gates, checked again because the
+/// providers rely on it, and what they cannot say: an ordering comparison (LessThan...)
+/// of an HTTP field needs a numeric value, else the gate could never pass.
+fn check_gates(stage: &ResolvedStage) -> Result<(), Rejection> {
+    use stagecoach_api::release::Comparison;
+    for gate in &stage.gates {
+        let invalid = |what: String| {
+            Err(Rejection::new(
+                reason::INVALID_GATE,
+                format!("stage {} gate {}: {what}", stage.name, gate.name),
+            ))
+        };
+        if gate.name == crate::release::gate::WORKLOAD_HEALTH {
+            return invalid("the name is the built-in gate's; choose another".into());
+        }
+        let providers = [
+            gate.prometheus.is_some(),
+            gate.http.is_some(),
+            gate.job.is_some(),
+        ];
+        if providers.iter().filter(|p| **p).count() != 1 {
+            return invalid("set exactly one of prometheus, http or job".into());
+        }
+        if let Some(prometheus) = &gate.prometheus
+            && !prometheus.threshold.is_finite()
+        {
+            return invalid("prometheus.threshold must be a finite number".into());
+        }
+        if let Some(http) = &gate.http {
+            if let Some(pointer) = http.json_pointer.as_deref()
+                && !pointer.is_empty()
+                && !pointer.starts_with('/')
+            {
+                return invalid(format!(
+                    "http.jsonPointer {pointer:?} must start with '/', such as /count"
+                ));
+            }
+            let ordering = !matches!(
+                http.comparison,
+                None | Some(Comparison::Equal | Comparison::NotEqual)
+            );
+            if let (true, Some(value)) = (ordering, http.value.as_deref())
+                && !value.trim().parse::<f64>().is_ok_and(f64::is_finite)
+            {
+                return invalid(format!(
+                    "http.comparison {:?} needs a number as http.value, not {value:?} \
+                     (text compares with Equal or NotEqual only)",
+                    http.comparison.unwrap_or(Comparison::Equal)
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn check_version(version: &str) -> Result<(), Rejection> {
@@ -157,8 +196,20 @@ fn check_stage_durations(index: usize, stage: &Stage) -> Result<(), Rejection> {
     for (gate_index, gate) in stage.gates.iter().enumerate() {
         let gate_at = format!("{at}.gates[{gate_index}]");
         check_duration(&format!("{gate_at}.interval"), gate.interval.as_deref())?;
-        let timeout = gate.job.as_ref().and_then(|j| j.timeout.as_deref());
-        check_duration(&format!("{gate_at}.job.timeout"), timeout)?;
+        let timeouts = [
+            ("job", gate.job.as_ref().and_then(|j| j.timeout.as_deref())),
+            (
+                "prometheus",
+                gate.prometheus.as_ref().and_then(|p| p.timeout.as_deref()),
+            ),
+            (
+                "http",
+                gate.http.as_ref().and_then(|h| h.timeout.as_deref()),
+            ),
+        ];
+        for (provider, timeout) in timeouts {
+            check_duration(&format!("{gate_at}.{provider}.timeout"), timeout)?;
+        }
     }
     Ok(())
 }

@@ -441,8 +441,8 @@ pub fn pipeline_status(
 }
 
 /// What keeps a Pipeline from governing its releases: another Pipeline claiming the same
-/// application, a stage without a namespace, two stages in one namespace, gates this
-/// operator cannot evaluate.
+/// application, a stage without a namespace, two stages in one namespace, a gate the
+/// providers cannot evaluate as written.
 pub fn check_pipeline(
     name: &str,
     spec: &PipelineSpec,

@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use stagecoach_api::release::{
-    ContainerImage, EarlyLifeSupport, Gate, HttpGate, JobGate, Pause, ReleaseType, Stage, Step,
-    Workload,
+    Comparison, ContainerImage, EarlyLifeSupport, Gate, HttpGate, JobGate, Pause, ReleaseType,
+    Stage, Step, Workload,
 };
 use stagecoach_api::toggle::{ClientId, ToggleRule, ToggleStage, ToggleState};
 
@@ -154,7 +154,7 @@ fn explicit_stages_with_all_durations_are_accepted() {
 }
 
 #[test]
-fn configured_gates_wait_for_their_providers() {
+fn configured_gates_are_accepted() {
     let mut prod = stage("prod");
     let mut health = gate("smoke");
     health.interval = Some("30s".into());
@@ -163,9 +163,80 @@ fn configured_gates_wait_for_their_providers() {
         stages: Some(vec![stage("dev"), prod]),
         ..release()
     };
-    let rejection = check_release(&spec).expect_err("gates are not supported yet");
-    assert_eq!(rejection.reason, reason::UNSUPPORTED_GATE);
-    assert!(rejection.message.contains("smoke"), "{}", rejection.message);
+    assert_eq!(check_release(&spec), Ok(()));
+}
+
+#[test]
+fn gates_the_providers_cannot_evaluate_are_refused_with_what_to_fix() {
+    let http = |comparison, value: &str| {
+        let mut g = gate("sentry");
+        let h = g.http.as_mut().unwrap();
+        h.json_pointer = Some("/count".into());
+        h.comparison = Some(comparison);
+        h.value = Some(value.into());
+        g
+    };
+    let cases = [
+        (
+            Gate {
+                http: None,
+                ..gate("none")
+            },
+            "exactly one of prometheus, http or job",
+        ),
+        (
+            Gate {
+                job: Some(JobGate {
+                    image: "e2e:1".into(),
+                    command: vec![],
+                    args: vec![],
+                    env: vec![],
+                    timeout: None,
+                }),
+                ..gate("two")
+            },
+            "exactly one of prometheus, http or job",
+        ),
+        (gate("workload-health"), "built-in"),
+        (http(Comparison::LessThan, "few"), "needs a number"),
+        (
+            {
+                let mut g = gate("pointer");
+                g.http.as_mut().unwrap().json_pointer = Some("count".into());
+                g
+            },
+            "must start with '/'",
+        ),
+    ];
+    for (bad, why) in cases {
+        let mut prod = stage("prod");
+        prod.gates = vec![bad.clone()];
+        let spec = ReleaseSpec {
+            stages: Some(vec![prod]),
+            ..release()
+        };
+        let rejection = check_release(&spec).expect_err(why);
+        assert_eq!(rejection.reason, reason::INVALID_GATE, "{why}");
+        assert!(
+            rejection.message.contains(why) && rejection.message.contains(&bad.name),
+            "{}",
+            rejection.message
+        );
+    }
+    // Numbers compare with any comparison, text with Equal and NotEqual.
+    for ok in [
+        http(Comparison::LessThan, "5"),
+        http(Comparison::Equal, "ok"),
+        http(Comparison::NotEqual, "error"),
+    ] {
+        let mut prod = stage("prod");
+        prod.gates = vec![ok];
+        let spec = ReleaseSpec {
+            stages: Some(vec![prod]),
+            ..release()
+        };
+        assert_eq!(check_release(&spec), Ok(()));
+    }
 }
 
 #[test]
@@ -310,6 +381,17 @@ fn invalid_durations_are_rejected_with_the_field_named() {
                 ..stage("prod")
             },
             "spec.stages[0].gates[0].job.timeout",
+        ),
+        (
+            Stage {
+                gates: vec![{
+                    let mut g = gate("api");
+                    g.http.as_mut().unwrap().timeout = Some("soon".into());
+                    g
+                }],
+                ..stage("prod")
+            },
+            "spec.stages[0].gates[0].http.timeout",
         ),
     ];
     for (bad_stage, field) in cases {

@@ -394,6 +394,7 @@ fn arb_pipeline() -> impl Strategy<Value = PipelineSpec> {
             release_types: None,
             freezes: Vec::new(),
             notifications: Vec::new(),
+            retention: None,
         })
 }
 
@@ -477,7 +478,8 @@ fn a_pipeline_is_in_force_unless_shared_or_unusable() {
         crate::admission::reason::DUPLICATE_NAMESPACE
     );
 
-    // Gates are not evaluated by this operator yet: the Pipeline says so up front.
-    let refused = check_pipeline("billing", &spec, &[]).unwrap_err();
-    assert_eq!(refused.reason, crate::admission::reason::UNSUPPORTED_GATE);
+    // Gates set by the Pipeline (a Job gate in prod) are evaluated: it is in force.
+    assert_eq!(check_pipeline("billing", &spec, &[]), Ok(()));
+    let status = pipeline_status("billing", &spec, &["billing".into()], None, Some(3), now);
+    assert_eq!(status.conditions[0].reason, IN_FORCE);
 }

@@ -6,15 +6,16 @@
 //! including the property tests' random releases, crashes and restarts.
 //!
 //! ```text
-//!                    ┌──────────── spec.paused, a pause without duration, an outside edit
-//!                    │          ┌─ resumed, promoted, edit reverted
+//!                    ┌──────────── spec.paused, a pause without duration, an outside edit,
+//!                    │             a gate inconclusive past its limit (policy Pause)
+//!                    │          ┌─ resumed, promoted, edit reverted, a conclusive result
 //!                    ▼          │
-//!  (none) ──► Progressing ◄──► Paused
-//!    │          │    │  ▲         │
-//!    │          │    │  └─ waits ─┘   (both may also end as below)
-//!    │          │    ▼
-//!    │          │  EarlyLifeSupport ──► Succeeded
-//!    │          │    │
+//!  (none) ──► Progressing ◄──► Paused ◄───┐   a gate inconclusive past its limit holds
+//!    │          │    │  ▲         │       │   early life support too; a conclusive
+//!    │          │    │  └─ waits ─┘       │   result resumes it (all may also end as
+//!    │          │    ▼                    ▼   below)
+//!    │          │  EarlyLifeSupport ◄─────┘
+//!    │          │    │     └──────► Succeeded
 //!    │          ▼    ▼
 //!    ├──────► RolledBack     a gate failed, a deadline passed, abort, the Release deleted
 //!    ├──────► Failed         aborted or deleted before a stage, a Deployment deleted
@@ -45,7 +46,11 @@ pub fn allowed(from: Option<ReleasePhase>, to: ReleasePhase) -> bool {
     if from == EarlyLifeSupport {
         // Early life support ends (without incident, because a newer release entered the
         // stage, or because the Release was deleted) or rolls back; it does not go back.
-        return matches!(to, EarlyLifeSupport | Succeeded | RolledBack | Failed);
+        // A gate inconclusive past its limit holds it (Paused) until a conclusive result.
+        return matches!(
+            to,
+            EarlyLifeSupport | Paused | Succeeded | RolledBack | Failed
+        );
     }
     match to {
         // Nothing goes back to Pending.
@@ -81,6 +86,10 @@ mod tests {
         assert!(allowed(None, Failed));
         assert!(!allowed(None, EarlyLifeSupport));
         assert!(!allowed(Some(EarlyLifeSupport), ReleasePhase::Pending));
+        // A gate holds early life support, and a conclusive result resumes it.
+        assert!(allowed(Some(EarlyLifeSupport), Paused));
+        assert!(allowed(Some(Paused), EarlyLifeSupport));
+        assert!(!allowed(Some(EarlyLifeSupport), Progressing));
         assert!(allowed(Some(Progressing), ReleasePhase::AwaitingApproval));
         assert!(!allowed(
             Some(EarlyLifeSupport),

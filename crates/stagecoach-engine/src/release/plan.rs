@@ -26,14 +26,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use stagecoach_api::condition::{self, Condition, ConditionStatus};
 use stagecoach_api::release::{
-    ClosingRecord, ReleasePhase, ReleaseSpec, ReleaseStatus, RollbackRecord, StableRevision,
+    ClosingRecord, Gate, ReleasePhase, ReleaseSpec, ReleaseStatus, RollbackRecord, StableRevision,
     StagePhase, StageRecord, StageStatus, TimelineEntry, Workload,
 };
 use stagecoach_api::{names::DEFAULT_STAGES, parse_duration};
 
 use super::gate::{
-    GateDecision, GateModel, HealthMeasurement, HealthTarget, Measurement, WORKLOAD_HEALTH, tally,
-    workload_health,
+    GateDecision, GateModel, HealthMeasurement, HealthTarget, Measurement, WORKLOAD_HEALTH,
+    combine, decide, tally, unmeasured, whole_second, workload_health,
 };
 use super::observed::{OtherRelease, StageObservation, WorkloadObservation};
 use super::rollout::{
@@ -82,6 +82,9 @@ pub mod reason {
     pub const WAITING_FOR_STAGE: &str = "WaitingForStage";
     pub const DEPLOYMENT_MISSING: &str = "DeploymentMissing";
     pub const GATE_FAILED: &str = "GateFailed";
+    /// A configured gate gave more inconclusive results in a row than its limit (policy
+    /// Pause): the release holds until a conclusive result, and asks a person to look.
+    pub const GATE_INCONCLUSIVE: &str = "GateInconclusive";
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     pub const EARLY_LIFE_SUPPORT_FAILED: &str = "EarlyLifeSupportFailed";
     pub const ABORTED: &str = "Aborted";
@@ -219,6 +222,35 @@ struct Planner<'a> {
     degraded: Option<(&'static str, String)>,
     /// Why the promote annotation does nothing, for the Progressing condition.
     promote_ignored: Option<String>,
+    /// Why a configured gate holds the release (inconclusive past its limit).
+    held: Option<String>,
+}
+
+/// What the gates say about the current step.
+#[derive(Clone, Copy, Debug)]
+struct Verdicts {
+    /// The built-in workload-health gate; Fail includes its progress deadline passing.
+    health: GateDecision,
+    /// The configured gates together (see [`combine`]).
+    configured: GateDecision,
+    /// The rollback reason if they fail: `GateFailed`, or `ProgressDeadlineExceeded`
+    /// when only the built-in gate's deadline did.
+    why: &'static str,
+}
+
+impl Verdicts {
+    fn failed(&self) -> bool {
+        self.health == GateDecision::Fail || self.configured == GateDecision::Fail
+    }
+
+    /// A configured gate holds, and nothing fails.
+    fn held(&self) -> bool {
+        !self.failed() && self.configured == GateDecision::Hold
+    }
+
+    fn all_pass(&self) -> bool {
+        self.health == GateDecision::Pass && self.configured == GateDecision::Pass
+    }
 }
 
 fn is_terminal(phase: Option<ReleasePhase>) -> bool {
@@ -261,6 +293,7 @@ impl<'a> Planner<'a> {
             },
             degraded: None,
             promote_ignored: None,
+            held: None,
         }
     }
 

@@ -15,11 +15,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use stagecoach_api::release::{
-    ContainerImage, EarlyLifeSupport, Pause, ReleasePhase, ReleaseSpec, ReleaseStatus, ReleaseType,
-    Stage, StagePhase, Step, Workload,
+    ContainerImage, EarlyLifeSupport, Gate, GateVerdict, InconclusivePolicy, JobGate, Pause,
+    ReleasePhase, ReleaseSpec, ReleaseStatus, ReleaseType, Stage, StagePhase, Step, Workload,
 };
 
-use super::gate::RESTART_LIMIT;
+use super::gate::{GateDecision, GateModel, Measurement, RESTART_LIMIT, decide, whole_second};
 use super::observed::{
     DeploymentState, OtherRelease, PodHealth, RecordedRevision, StageObservation,
     WorkloadObservation,
@@ -108,11 +108,18 @@ struct SimStage {
     fails: Vec<String>,
     /// Pods turn unhealthy (early life support failure).
     unhealthy: bool,
+    /// Seconds new pods take to become ready after the canary or the stable Deployment
+    /// changed (0: at once).
+    ready_after: i64,
+    /// When the canary or the stable Deployment last changed.
+    changed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 struct World {
     stages: BTreeMap<String, SimStage>,
+    /// The simulated clock: when pods become ready.
+    now: DateTime<Utc>,
 }
 
 impl World {
@@ -129,11 +136,13 @@ impl World {
                         recorded: None,
                         fails: vec![],
                         unhealthy: false,
+                        ready_after: 0,
+                        changed_at: None,
                     },
                 )
             })
             .collect();
-        Self { stages }
+        Self { stages, now: t0() }
     }
 
     fn image_of(template: &Value) -> String {
@@ -152,8 +161,15 @@ impl World {
         self.stages
             .iter()
             .map(|(name, s)| {
+                // New pods still starting: not ready yet.
+                let starting = |template: &Value| {
+                    Self::image_of(template) == release_image
+                        && s.changed_at.is_some_and(|at| {
+                            self.now < at + chrono::Duration::seconds(s.ready_after)
+                        })
+                };
                 let deployment = |template: &Value, replicas: i32, hash: Option<String>| {
-                    let bad = Self::is_bad(s, template);
+                    let bad = Self::is_bad(s, template) || starting(template);
                     DeploymentState {
                         generation: 1,
                         observed_generation: 1,
@@ -188,6 +204,8 @@ impl World {
                         if Self::is_bad(s, template) || s.unhealthy {
                             new_pods.crash_looping += replicas;
                             new_pods.max_restarts = RESTART_LIMIT;
+                        } else if starting(template) {
+                            // Counted, not ready.
                         } else {
                             new_pods.ready += replicas;
                         }
@@ -241,13 +259,17 @@ impl World {
                     hash,
                     ..
                 } => {
-                    self.stage_of(namespace).canary =
-                        Some((*replicas, template.clone(), hash.clone()));
+                    let now = self.now;
+                    let stage = self.stage_of(namespace);
+                    stage.canary = Some((*replicas, template.clone(), hash.clone()));
+                    stage.changed_at = Some(now);
                 }
                 Action::UpdateStable {
                     namespace, images, ..
                 } => {
+                    let now = self.now;
                     let stage = self.stage_of(namespace);
+                    stage.changed_at = Some(now);
                     stage.stable["spec"]["containers"][0]["image"] = json!(images[0].1);
                     stage.stable["metadata"]["labels"][super::rollout::ROLLOUT_LABEL] =
                         json!(super::rollout::ROLLOUT_VALUE);
@@ -272,6 +294,11 @@ struct Run {
     world: World,
     now: DateTime<Utc>,
     plans: Vec<Plan>,
+    /// What each plan was given: the status and the gate measurements.
+    inputs: Vec<(Option<ReleaseStatus>, BTreeMap<String, Measurement>)>,
+    /// Plans that changed nothing whose replay (same input, same time) did not give
+    /// the same status, or planned an action or an Event.
+    unstable_replays: Vec<String>,
 }
 
 fn plan_once(
@@ -282,8 +309,27 @@ fn plan_once(
     others: &[OtherRelease],
     annotations: &BTreeMap<String, String>,
 ) -> Plan {
+    plan_measured(
+        spec,
+        status,
+        world,
+        now,
+        others,
+        annotations,
+        &BTreeMap::new(),
+    )
+}
+
+fn plan_measured(
+    spec: &ReleaseSpec,
+    status: Option<&ReleaseStatus>,
+    world: &World,
+    now: DateTime<Utc>,
+    others: &[OtherRelease],
+    annotations: &BTreeMap<String, String>,
+    gates: &BTreeMap<String, Measurement>,
+) -> Plan {
     let observed = world.observe(&spec.workloads[0].containers[0].image);
-    let gates = BTreeMap::new();
     plan_release(&PlanInput {
         name: "shop-2.0.0",
         generation: Some(1),
@@ -292,7 +338,7 @@ fn plan_once(
         spec,
         status,
         observed: &observed,
-        gate_measurements: &gates,
+        gate_measurements: gates,
         others,
         governing: crate::pipeline::Governing::None,
         approvals: &[],
@@ -312,17 +358,43 @@ struct Crash {
 
 fn drive(
     spec: &ReleaseSpec,
+    world: World,
+    crashes: &[Crash],
+    mutate: impl Fn(usize, &mut World),
+) -> Run {
+    drive_gated(spec, world, crashes, mutate, &[])
+}
+
+/// Runs a release to its end (or 600 reconciles) in the simulated world, with the
+/// simulated configured gates measuring as the operator's evaluator would: each gate
+/// every `interval` from the start of the step, a reconcile at each measurement.
+fn drive_gated(
+    spec: &ReleaseSpec,
     mut world: World,
     crashes: &[Crash],
     mutate: impl Fn(usize, &mut World),
+    gates: &[SimGate],
 ) -> Run {
     let annotations = BTreeMap::new();
     let mut status: Option<ReleaseStatus> = None;
     let mut now = t0();
     let mut plans = Vec::new();
-    for i in 0..400 {
+    let mut inputs = Vec::new();
+    let mut unstable_replays = Vec::new();
+    for i in 0..600 {
         mutate(i, &mut world);
-        let plan = plan_once(spec, status.as_ref(), &world, now, &[], &annotations);
+        world.now = now;
+        let measurements = measure(gates, status.as_ref(), now);
+        let plan = plan_measured(
+            spec,
+            status.as_ref(),
+            &world,
+            now,
+            &[],
+            &annotations,
+            &measurements,
+        );
+        inputs.push((status.clone(), measurements.clone()));
         let crash = crashes.iter().find(|c| c.at == i);
         match crash {
             Some(c) => {
@@ -344,12 +416,39 @@ fn drive(
             }
         }
         let quiet = plan.actions.is_empty() && plan.requeue_after.is_none_or(|r| !r.is_zero());
-        now += match plan.requeue_after {
+        if quiet && crash.is_none() {
+            // Nothing changed in the world: planning again must change nothing either.
+            let again = plan_measured(
+                spec,
+                Some(&plan.status),
+                &world,
+                now,
+                &[],
+                &annotations,
+                &measurements,
+            );
+            if again.status != plan.status || !again.actions.is_empty() || !again.events.is_empty()
+            {
+                unstable_replays.push(format!(
+                    "reconcile {i} at {now}: {:?} -> {:?}, events {:?}",
+                    plan.status.message, again.status.message, again.events
+                ));
+            }
+        }
+        let mut next = match plan.requeue_after {
             Some(r) if !r.is_zero() => chrono::Duration::from_std(r)
                 .unwrap()
                 .min(chrono::Duration::minutes(30)),
             _ => chrono::Duration::seconds(1),
         };
+        if crash.is_some() {
+            // The operator comes back and reconciles at once.
+            next = chrono::Duration::seconds(1);
+        }
+        if let Some(at) = next_measurement(gates, status.as_ref(), now) {
+            next = next.min(at - now).max(chrono::Duration::seconds(1));
+        }
+        now += next;
         let done = status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
             matches!(
                 p,
@@ -369,7 +468,116 @@ fn drive(
         world,
         now,
         plans,
+        inputs,
+        unstable_replays,
     }
+}
+
+/// Stages that configure the simulated gates.
+const GATED: [&str; 2] = ["qa", "prod"];
+
+/// A configured gate in the simulated world: measured every `INTERVAL` seconds from the
+/// start of each step (and of early life support); Passing unless an event says
+/// otherwise for that stage, step and measurement number.
+#[derive(Clone, Debug)]
+struct SimGate {
+    gate: Gate,
+    events: Vec<GateEvent>,
+}
+
+/// From measurement `from` of `step` in `stage` on, `len` measurements (`None`: all the
+/// rest of the step) have `verdict`.
+#[derive(Clone, Debug)]
+struct GateEvent {
+    stage: &'static str,
+    step: i32,
+    from: i64,
+    len: Option<i64>,
+    verdict: GateVerdict,
+}
+
+const INTERVAL: i64 = 60;
+
+impl SimGate {
+    fn verdict(&self, stage: &str, step: i32, k: i64) -> GateVerdict {
+        self.events
+            .iter()
+            .find(|e| {
+                e.stage == stage
+                    && e.step == step
+                    && k >= e.from
+                    && e.len.is_none_or(|len| k < e.from + len)
+            })
+            .map_or(GateVerdict::Passing, |e| e.verdict)
+    }
+}
+
+/// The stage a status is working on, when its gates are being evaluated: (name, step,
+/// when the step started).
+fn measured_stage(status: Option<&ReleaseStatus>) -> Option<(String, i32, DateTime<Utc>)> {
+    let status = status?;
+    if status.phase.is_some_and(ReleasePhase::is_terminal) {
+        return None;
+    }
+    let stage = status
+        .stages
+        .iter()
+        .find(|s| !matches!(s.phase, StagePhase::Succeeded | StagePhase::Skipped))?;
+    if !matches!(
+        stage.phase,
+        StagePhase::Progressing | StagePhase::EarlyLifeSupport
+    ) || !GATED.contains(&stage.name.as_str())
+    {
+        return None;
+    }
+    Some((
+        stage.name.clone(),
+        stage.step.unwrap_or(0),
+        stage.step_started_at?,
+    ))
+}
+
+/// The latest measurement of each simulated gate at `now`, as the operator would pass it.
+fn measure(
+    gates: &[SimGate],
+    status: Option<&ReleaseStatus>,
+    now: DateTime<Utc>,
+) -> BTreeMap<String, Measurement> {
+    let Some((stage, step, start)) = measured_stage(status) else {
+        return BTreeMap::new();
+    };
+    let k = (now - start).num_seconds() / INTERVAL;
+    if k < 1 {
+        return BTreeMap::new();
+    }
+    gates
+        .iter()
+        .map(|g| {
+            let verdict = g.verdict(&stage, step, k);
+            (
+                g.gate.name.clone(),
+                Measurement {
+                    verdict,
+                    message: format!("{verdict:?} #{k} of step {step}"),
+                    value: Some(k.to_string()),
+                    at: start + chrono::Duration::seconds(k * INTERVAL),
+                },
+            )
+        })
+        .collect()
+}
+
+fn next_measurement(
+    gates: &[SimGate],
+    status: Option<&ReleaseStatus>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if gates.is_empty() {
+        return None;
+    }
+    let (_, _, start) = measured_stage(status)?;
+    let k = (now - start).num_seconds().max(0) / INTERVAL;
+    Some(start + chrono::Duration::seconds((k + 1) * INTERVAL))
 }
 
 fn stage_phase(status: &ReleaseStatus, name: &str) -> StagePhase {
@@ -769,6 +977,7 @@ proptest! {
     fn invariants_hold_for_every_scenario((image, fail_in) in scenario()) {
         let spec = spec(&image, canary_steps());
         let run = drive(&spec, world_for(fail_in, &image), &[], |_, _| {});
+        prop_assert!(run.unstable_replays.is_empty(), "{:?}", run.unstable_replays);
         let mut last_index = 0usize;
         for plan in &run.plans {
             let index = plan.status.current_stage.as_ref().map_or(0, |c| STAGES.iter().position(|s| s == c).unwrap());
@@ -840,6 +1049,353 @@ proptest! {
         prop_assert_eq!(unique.len(), steps.len(), "a step was repeated: {:?}", steps);
     }
 }
+
+// ----- configured gates: Passing, Inconclusive and Failing over time ---------------------
+
+/// The release with the simulated gates configured in qa and prod.
+fn gated_spec(image: &str, gates: &[SimGate]) -> ReleaseSpec {
+    let mut spec = spec(image, canary_steps());
+    for stage in spec.stages.iter_mut().flatten() {
+        if GATED.contains(&stage.name.as_str()) {
+            stage.gates = gates.iter().map(|g| g.gate.clone()).collect();
+        }
+    }
+    spec
+}
+
+fn sim_gate(
+    name: &str,
+    count: i32,
+    failure_limit: i32,
+    inconclusive_limit: i32,
+    policy: InconclusivePolicy,
+    events: Vec<GateEvent>,
+) -> SimGate {
+    SimGate {
+        gate: Gate {
+            name: name.into(),
+            interval: Some(format!("{INTERVAL}s")),
+            count: Some(count),
+            failure_limit: Some(failure_limit),
+            inconclusive_limit: Some(inconclusive_limit),
+            on_inconclusive: Some(policy),
+            prometheus: None,
+            http: None,
+            job: Some(JobGate {
+                image: "shop/e2e:1".into(),
+                command: vec![],
+                args: vec![],
+                env: vec![],
+                timeout: None,
+            }),
+        },
+        events,
+    }
+}
+
+fn arb_event() -> impl Strategy<Value = GateEvent> {
+    (
+        prop_oneof![1 => Just("qa"), 3 => Just("prod")],
+        0i32..5,
+        1i64..3,
+        prop_oneof![5 => (1i64..5).prop_map(Some), 1 => Just(None)],
+        prop_oneof![Just(GateVerdict::Failing), Just(GateVerdict::Inconclusive)],
+    )
+        .prop_map(|(stage, step, from, len, verdict)| GateEvent {
+            stage,
+            // qa has one step (index 0); prod four, then early life support (index 4).
+            step: if stage == "qa" { 0 } else { step },
+            from,
+            len,
+            verdict,
+        })
+}
+
+fn arb_gates() -> impl Strategy<Value = Vec<SimGate>> {
+    prop::collection::vec(
+        (
+            1i32..3,
+            0i32..2,
+            0i32..3,
+            any::<bool>(),
+            prop::collection::vec(arb_event(), 0..4),
+        ),
+        1..3,
+    )
+    .prop_map(|gates| {
+        gates
+            .into_iter()
+            .enumerate()
+            .map(|(i, (count, failures, inconclusive, fail, events))| {
+                let policy = if fail {
+                    InconclusivePolicy::Fail
+                } else {
+                    InconclusivePolicy::Pause
+                };
+                sim_gate(
+                    &format!("g{i}"),
+                    count,
+                    failures,
+                    inconclusive,
+                    policy,
+                    events,
+                )
+            })
+            .collect()
+    })
+}
+
+/// Pods that take a while to get ready somewhere: 20 s (within the 5m progress deadline)
+/// or 400 s (past it).
+fn arb_slow() -> impl Strategy<Value = Option<(&'static str, i64)>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(("qa", 20))),
+        Just(Some(("prod", 20))),
+        Just(Some(("demo", 400))),
+        Just(Some(("prod", 400))),
+    ]
+}
+
+fn slow_world(slow: Option<(&str, i64)>) -> World {
+    let mut world = World::new();
+    if let Some((stage, seconds)) = slow {
+        world.stages.get_mut(stage).unwrap().ready_after = seconds;
+    }
+    world
+}
+
+fn models(gates: &[SimGate]) -> BTreeMap<String, GateModel> {
+    gates
+        .iter()
+        .map(|g| (g.gate.name.clone(), GateModel::of(&g.gate)))
+        .collect()
+}
+
+fn condition(status: &ReleaseStatus, kind: &str) -> Option<(String, String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == kind)
+        .map(|c| {
+            (
+                format!("{:?}", c.status),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+}
+
+/// The decisions of the configured gates of the stage a status is at.
+fn configured_decisions(status: &ReleaseStatus, gates: &[SimGate]) -> Vec<(String, GateDecision)> {
+    let models = models(gates);
+    let Some(stage) = status
+        .current_stage
+        .as_ref()
+        .and_then(|c| status.stages.iter().find(|s| &s.name == c))
+    else {
+        return Vec::new();
+    };
+    stage
+        .gates
+        .iter()
+        .filter_map(|g| Some((g.name.clone(), decide(g, *models.get(&g.name)?))))
+        .collect()
+}
+
+/// Checks the invariants of a gated run; returns why it fails.
+#[allow(clippy::too_many_lines)] // one pass over the plans, checking each invariant
+fn check_gated_run(run: &Run, gates: &[SimGate], slow: Option<(&str, i64)>) -> Result<(), String> {
+    let fail = |why: String| Err(why);
+    if !run.unstable_replays.is_empty() {
+        return fail(format!("unstable replays: {:?}", run.unstable_replays));
+    }
+    let mut some_gate_failed = false;
+    for (i, plan) in run.plans.iter().enumerate() {
+        let (input, measurements) = &run.inputs[i];
+        let out = &plan.status;
+        // Never a step completed (nor early life support ended) while a configured gate's
+        // latest measurement is not a Passing one taken during that step.
+        for stage in out
+            .stages
+            .iter()
+            .filter(|s| GATED.contains(&s.name.as_str()))
+        {
+            let Some(before) = input
+                .as_ref()
+                .and_then(|s| s.stages.iter().find(|x| x.name == stage.name))
+            else {
+                continue;
+            };
+            let completed = (before.phase == StagePhase::Progressing && stage.step > before.step)
+                || (before.phase == StagePhase::EarlyLifeSupport
+                    && stage.phase == StagePhase::Succeeded);
+            if !completed {
+                continue;
+            }
+            let since = whole_second(before.step_started_at.unwrap());
+            for gate in gates {
+                let m = measurements.get(&gate.gate.name);
+                if !m.is_some_and(|m| {
+                    m.verdict == GateVerdict::Passing && whole_second(m.at) > since
+                }) {
+                    return fail(format!(
+                        "reconcile {i}: {} step {:?} completed with gate {} at {m:?}",
+                        stage.name, before.step, gate.gate.name
+                    ));
+                }
+            }
+        }
+        // A gate past its failure limit (or inconclusive past its limit, policy Fail)
+        // rolls the stage back in the same reconcile; one inconclusive past its limit with
+        // policy Pause holds the release, Stalled, not Degraded.
+        let decisions = configured_decisions(out, gates);
+        let failing = decisions.iter().any(|(_, d)| *d == GateDecision::Fail);
+        let holding = decisions.iter().any(|(_, d)| *d == GateDecision::Hold);
+        some_gate_failed |= failing;
+        if failing && out.phase != Some(ReleasePhase::RolledBack) {
+            return fail(format!(
+                "reconcile {i}: a gate failed but {:?}: {decisions:?}",
+                out.phase
+            ));
+        }
+        if holding && out.phase != Some(ReleasePhase::RolledBack) {
+            if out.phase != Some(ReleasePhase::Paused) {
+                return fail(format!("reconcile {i}: a gate holds but {:?}", out.phase));
+            }
+            let stalled = condition(out, super::plan::STALLED);
+            let degraded = condition(out, "Degraded");
+            if stalled.as_ref().map(|c| c.1.as_str()) != Some(reason::GATE_INCONCLUSIVE)
+                || degraded.as_ref().map(|c| c.0.as_str()) != Some("False")
+            {
+                return fail(format!(
+                    "reconcile {i}: held with {stalled:?}, {degraded:?}"
+                ));
+            }
+        }
+        if out.phase == Some(ReleasePhase::Paused) && !holding {
+            return fail(format!(
+                "reconcile {i}: paused without a gate holding: {:?}",
+                out.message
+            ));
+        }
+        // Every rollback has its cause.
+        let rolled_back_now = out.phase == Some(ReleasePhase::RolledBack)
+            && input.as_ref().and_then(|s| s.phase) != Some(ReleasePhase::RolledBack);
+        if rolled_back_now {
+            let record = out.rollbacks.last().unwrap();
+            let stage = out.stages.iter().find(|s| s.name == record.stage).unwrap();
+            let health_failed = stage.gates.iter().any(|g| {
+                g.name == super::gate::WORKLOAD_HEALTH && g.verdict == GateVerdict::Failing
+            });
+            let explained = match record.reason.as_str() {
+                r if r == reason::GATE_FAILED => failing || health_failed,
+                r if r == reason::PROGRESS_DEADLINE_EXCEEDED => {
+                    slow.is_some_and(|(s, secs)| s == record.stage && secs > 300)
+                }
+                r if r == reason::EARLY_LIFE_SUPPORT_FAILED => failing,
+                _ => false,
+            };
+            if !explained {
+                return fail(format!("reconcile {i}: unexplained rollback {record:?}"));
+            }
+        }
+    }
+    let status = run.status.as_ref().unwrap();
+    if some_gate_failed && status.phase != Some(ReleasePhase::RolledBack) {
+        return fail(format!(
+            "a gate failed, yet the release ended {:?}",
+            status.phase
+        ));
+    }
+    // Gate results (verdict, value, time) stay in status and in the closing record.
+    if let Some(record) = &status.closing_record {
+        for stage in &record.stages {
+            let entered = matches!(stage.phase, StagePhase::Succeeded | StagePhase::RolledBack);
+            if entered
+                && !stage
+                    .gates
+                    .iter()
+                    .any(|g| g.name == super::gate::WORKLOAD_HEALTH)
+            {
+                return fail(format!(
+                    "no gate results for {} in the closing record",
+                    stage.name
+                ));
+            }
+            if stage.phase == StagePhase::Succeeded && GATED.contains(&stage.name.as_str()) {
+                for gate in gates {
+                    let result = stage.gates.iter().find(|g| g.name == gate.gate.name);
+                    if !result.is_some_and(|g| {
+                        g.verdict == GateVerdict::Passing
+                            && g.value.is_some()
+                            && g.last_evaluated_at.is_some()
+                    }) {
+                        return fail(format!(
+                            "gate {} of {} in the closing record: {result:?}",
+                            gate.gate.name, stage.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Simulated configured gates give Passing, Inconclusive and Failing results over
+    /// time, pods take their time to get ready, deadlines pass: a step never completes
+    /// while a configured gate's latest result is not Passing, a failing gate always ends
+    /// in a rollback in the reconcile that counts it, an inconclusive one past its limit
+    /// holds (policy Pause) or rolls back (policy Fail), every rollback has its cause,
+    /// replaying any quiet reconcile changes nothing, and a held release can be aborted.
+    #[test]
+    fn gated_releases_keep_the_invariants(
+        image in prop_oneof![Just("shop/api:2.0.0"), Just("shop/api:2.0.0-bad")],
+        gates in arb_gates(),
+        slow in arb_slow(),
+    ) {
+        let spec = gated_spec(image, &gates);
+        let run = drive_gated(&spec, slow_world(slow), &[], |_, _| {}, &gates);
+        if let Err(why) = check_gated_run(&run, &gates, slow) {
+            prop_assert!(false, "{}", why);
+        }
+        let status = run.status.clone().unwrap();
+        if status.phase == Some(ReleasePhase::Paused) {
+            let mut aborted = spec.clone();
+            aborted.abort = true;
+            let plan = plan_once(&aborted, Some(&status), &run.world, run.now, &[], &BTreeMap::new());
+            prop_assert_eq!(plan.status.phase, Some(ReleasePhase::RolledBack));
+            prop_assert_eq!(plan.status.rollbacks.last().unwrap().reason.as_str(), reason::ABORTED);
+        }
+    }
+
+    /// With configured gates and slow pods, any schedule of operator deaths converges to
+    /// the same end as a clean run, with no step recorded twice.
+    #[test]
+    fn gated_restarts_converge_to_the_same_end(
+        gates in arb_gates(),
+        slow in arb_slow(),
+        crashes in prop::collection::vec((0usize..80, 0usize..3, any::<bool>()), 5..12),
+    ) {
+        let spec = gated_spec("shop/api:2.0.0", &gates);
+        let clean = drive_gated(&spec, slow_world(slow), &[], |_, _| {}, &gates);
+        let crashes: Vec<Crash> = crashes.into_iter().map(|(at, actions, status_written)| Crash { at, actions, status_written }).collect();
+        let crashed = drive_gated(&spec, slow_world(slow), &crashes, |_, _| {}, &gates);
+        prop_assert_eq!(outcome(&crashed), outcome(&clean));
+        let timeline = &crashed.status.as_ref().unwrap().timeline;
+        let steps: Vec<(&Option<String>, &String, &String)> = timeline.iter().filter(|t| t.reason == reason::STEP_COMPLETED || t.reason == reason::STAGE_STARTED).map(|t| (&t.stage, &t.reason, &t.message)).collect();
+        let mut unique = steps.clone();
+        unique.sort();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), steps.len(), "a step was repeated: {:?}", steps);
+    }
+}
+
+mod gates;
 
 /// Plans and applies, one reconcile a second, until `done` holds for the world and the
 /// status; returns them and the time reached.
@@ -1765,6 +2321,7 @@ mod policy {
             title: "t".into(),
             url: None,
             authors: vec!["carol".into()],
+            merged_at: None,
         }];
         let old = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
         let approvals = [
@@ -1826,6 +2383,7 @@ mod policy {
             title: "t".into(),
             url: None,
             authors: vec!["carol".into()],
+            merged_at: None,
         }];
         let pipeline = pipeline(json!({}));
         let (status, world, _, now) =

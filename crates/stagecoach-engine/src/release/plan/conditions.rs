@@ -30,6 +30,9 @@ impl Planner<'_> {
                 (ConditionStatus::False, reason::WAITING_FOR_WINDOW)
             }
             _ if !accepted => (ConditionStatus::False, reason::INVALID_SPEC),
+            Some(ReleasePhase::Paused) if self.held.is_some() => {
+                (ConditionStatus::False, reason::GATE_INCONCLUSIVE)
+            }
             _ => (ConditionStatus::False, reason::STEP_IN_PROGRESS),
         };
         let message = self.status.message.clone().unwrap_or_default();
@@ -46,6 +49,9 @@ impl Planner<'_> {
         );
         let (progressing, progressing_reason) = match phase {
             Some(ReleasePhase::Progressing) => (ConditionStatus::True, reason::STEP_IN_PROGRESS),
+            Some(ReleasePhase::Paused) if self.held.is_some() => {
+                (ConditionStatus::False, reason::GATE_INCONCLUSIVE)
+            }
             Some(ReleasePhase::Paused) => (ConditionStatus::False, reason::PAUSED),
             Some(ReleasePhase::EarlyLifeSupport) => {
                 (ConditionStatus::True, reason::EARLY_LIFE_SUPPORT)
@@ -101,7 +107,8 @@ impl Planner<'_> {
     /// operator moves the release on by itself (phase Progressing: a step, a timed pause,
     /// waiting for another release or for a Deployment to appear); `Stalled` while it
     /// cannot without a person (the spec is not accepted, an outside edit holds the
-    /// release, it was rolled back, failed or rejected). Neither while it waits on purpose
+    /// release, a configured gate stays inconclusive past its limit, it was rolled back,
+    /// failed or rejected). Neither while it waits on purpose
     /// (paused, a pause without duration, approvals, a release window: `Ready=False`), in
     /// early life support (deployed and
     /// watched: `Ready=True`), or when it ended well.
@@ -122,6 +129,13 @@ impl Planner<'_> {
             (Some(ReleasePhase::Paused), Some((why, text))) if *why == reason::OUTSIDE_EDIT => {
                 (None, Some(((*why).to_owned(), text.clone())))
             }
+            (Some(ReleasePhase::Paused), None) if self.held.is_some() => (
+                None,
+                Some((
+                    reason::GATE_INCONCLUSIVE.to_owned(),
+                    self.held.clone().unwrap_or_default(),
+                )),
+            ),
             (Some(ReleasePhase::RolledBack | ReleasePhase::Failed), _) => {
                 let (why, text) = self.failure();
                 let text = if text.is_empty() { message } else { text };

@@ -13,14 +13,20 @@ impl Planner<'_> {
             .unwrap_or_default()
     }
 
-    /// Evaluates workload-health and the stage's configured gates; returns the combined
-    /// decision and the reason to use if it is a failure.
+    /// Evaluates workload-health and the stage's configured gates, folding fresh
+    /// measurements into `status.stages[index].gates`.
+    ///
+    /// The progress deadline governs the built-in gate only: new pods not ready when it
+    /// passes fail the step. A configured gate is governed by its own count and limits. A
+    /// configured gate's measurement counts only when it was taken after the step started
+    /// (whole seconds, as status keeps them): a result of the previous step, or of the
+    /// workloads before this step changed them, says nothing about this step.
     pub(super) fn evaluate_gates(
         &mut self,
         index: usize,
         target: HealthTarget,
         deadline_passed: bool,
-    ) -> (GateDecision, &'static str) {
+    ) -> Verdicts {
         let name = self.status.stages[index].name.clone();
         let pairs: Vec<(Workload, WorkloadObservation)> = self
             .workloads()
@@ -31,76 +37,164 @@ impl Planner<'_> {
             pairs.iter().map(|(w, o)| (w, o)).collect();
         let HealthMeasurement {
             measurement: health,
-            deadline_exceeded: health_failed_by_deadline,
+            deadline_exceeded,
         } = workload_health(&refs, target, deadline_passed, self.now());
-        let mut decisions = Vec::new();
         let mut gates = Vec::new();
         let previous = self.status.stages[index].gates.clone();
         let find = |gate: &str| previous.iter().find(|g| g.name == gate);
-        let (status, decision) = tally(
+        let (status, mut health_decision) = tally(
             WORKLOAD_HEALTH,
             find(WORKLOAD_HEALTH),
             &health,
             GateModel::IMMEDIATE,
         );
         gates.push(status);
-        decisions.push(decision);
-        let configured = self
-            .stage_spec(&name)
-            .map(|s| s.gates.clone())
-            .unwrap_or_default();
-        for gate in configured {
-            let measurement = self
+        // Still not passing when time is up (a Deployment not found, say): never taken
+        // as passing.
+        let by_deadline = deadline_exceeded
+            || (deadline_passed
+                && target != HealthTarget::Steady
+                && health_decision != GateDecision::Pass);
+        if by_deadline {
+            health_decision = GateDecision::Fail;
+        }
+        let since = self.status.stages[index].step_started_at.map(whole_second);
+        let mut configured = Vec::new();
+        for gate in self.configured_gates(&name) {
+            let model = GateModel::of(&gate);
+            let fresh = self
                 .input
                 .gate_measurements
                 .get(&gate.name)
-                .cloned()
-                .unwrap_or(Measurement {
-                    verdict: stagecoach_api::release::GateVerdict::Inconclusive,
-                    message: "not measured yet".into(),
-                    value: None,
-                    at: self.status.stages[index]
-                        .step_started_at
-                        .unwrap_or(self.now()),
-                });
-            let model = GateModel {
-                count: gate.count.unwrap_or(1),
-                failure_limit: gate.failure_limit.unwrap_or(0),
+                .filter(|m| since.is_none_or(|s| whole_second(m.at) > s));
+            let (status, decision) = if let Some(measurement) = fresh {
+                tally(&gate.name, find(&gate.name), measurement, model)
+            } else {
+                let status = find(&gate.name)
+                    .cloned()
+                    .unwrap_or_else(|| unmeasured(&gate.name));
+                let decision = decide(&status, model);
+                (status, decision)
             };
-            let (status, decision) = tally(&gate.name, find(&gate.name), &measurement, model);
             gates.push(status);
-            decisions.push(decision);
+            configured.push(decision);
         }
         self.status.stages[index].gates = gates;
-        let decision = if decisions.contains(&GateDecision::Fail) {
-            GateDecision::Fail
-        } else if decisions.iter().all(|d| *d == GateDecision::Pass) {
-            GateDecision::Pass
-        } else if deadline_passed && target != HealthTarget::Steady {
-            // Something is still inconclusive when time is up: never taken as passing.
-            GateDecision::Fail
-        } else {
-            GateDecision::Wait
-        };
-        let why = if health_failed_by_deadline
-            || (deadline_passed
-                && decision == GateDecision::Fail
-                && !decisions.contains(&GateDecision::Fail))
+        let configured = combine(&configured);
+        let why = if configured == GateDecision::Fail
+            || (health_decision == GateDecision::Fail && !by_deadline)
         {
-            reason::PROGRESS_DEADLINE_EXCEEDED
-        } else {
             reason::GATE_FAILED
+        } else {
+            reason::PROGRESS_DEADLINE_EXCEEDED
         };
-        (decision, why)
+        Verdicts {
+            health: health_decision,
+            configured,
+            why,
+        }
     }
 
+    /// The gates a stage configures (its own and its Pipeline's).
+    pub(super) fn configured_gates(&self, stage: &str) -> Vec<Gate> {
+        self.stage_spec(stage)
+            .map(|s| s.gates.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every gate of the stage, its verdict, value and message, for messages.
     pub(super) fn gate_summary(&self, index: usize) -> String {
         self.status.stages[index]
             .gates
             .iter()
-            .map(|g| format!("{}: {:?} ({})", g.name, g.verdict, g.message))
+            .map(|g| {
+                let value = g
+                    .value
+                    .as_ref()
+                    .map_or_else(String::new, |v| format!(", value {v}"));
+                format!("{}: {:?}{value} ({})", g.name, g.verdict, g.message)
+            })
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// The configured gates that do not pass yet, for messages.
+    fn waiting_gates(&self, index: usize) -> String {
+        let name = self.status.stages[index].name.clone();
+        self.configured_gates(&name)
+            .iter()
+            .filter_map(|gate| {
+                let status = self.status.stages[index]
+                    .gates
+                    .iter()
+                    .find(|g| g.name == gate.name)?;
+                let model = GateModel::of(gate);
+                (decide(status, model) != GateDecision::Pass).then(|| {
+                    format!(
+                        "{} ({}/{} passing, {:?}: {})",
+                        gate.name,
+                        status.successes.min(model.count),
+                        model.count,
+                        status.verdict,
+                        status.message
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// A configured gate stayed inconclusive past its limit with policy Pause: the
+    /// release holds (phase `Paused`, the stage does not move on) and asks a person to
+    /// look, on the conditions (reason `GateInconclusive`, `Stalled=True`) and with one
+    /// Warning Event when the hold starts. It continues by itself with the gate's next
+    /// conclusive measurement; `spec.abort` ends it.
+    pub(super) fn hold_on_inconclusive(&mut self, index: usize, at: &str) {
+        let name = self.status.stages[index].name.clone();
+        let held: Vec<String> = self
+            .configured_gates(&name)
+            .iter()
+            .filter_map(|gate| {
+                let status = self.status.stages[index]
+                    .gates
+                    .iter()
+                    .find(|g| g.name == gate.name)?;
+                let model = GateModel::of(gate);
+                (decide(status, model) == GateDecision::Hold).then(|| {
+                    format!(
+                        "gate {} gave {} inconclusive results in a row (inconclusiveLimit {}), the last: {}",
+                        gate.name,
+                        status.inconclusive,
+                        model.inconclusive_limit.unwrap_or_default(),
+                        status.message
+                    )
+                })
+            })
+            .collect();
+        let message = format!(
+            "stage {name} {at} holds: {}. A person should check what the gate measures; the \
+             release continues by itself as soon as the gate gives a conclusive result, or \
+             abort it (spec.abort: true) to roll the stage back",
+            held.join("; ")
+        );
+        let said = self
+            .input
+            .status
+            .and_then(|s| condition::find(&s.conditions, STALLED))
+            .is_some_and(|c| c.reason == reason::GATE_INCONCLUSIVE);
+        if !said {
+            self.record(
+                Some(&name),
+                reason::GATE_INCONCLUSIVE,
+                message.clone(),
+                true,
+            );
+        }
+        self.status.phase = Some(ReleasePhase::Paused);
+        self.status.message = Some(message.clone());
+        self.status.stages[index].message = Some(reason::GATE_INCONCLUSIVE.into());
+        self.held = Some(message);
+        self.requeue(WAIT_POLL);
     }
 
     /// The progress deadline counts from when the step's change was last made: while this
@@ -215,20 +309,27 @@ impl Planner<'_> {
             };
             self.status.stages[index].weight = Some(weight);
             let deadline_passed = self.restart_deadline_if_changing(index, deadline_passed);
-            let (decision, why) = self.evaluate_gates(index, target, deadline_passed);
-            if decision == GateDecision::Fail {
+            let verdicts = self.evaluate_gates(index, target, deadline_passed);
+            if verdicts.failed() {
                 let summary = self.gate_summary(index);
-                self.roll_back(index, why, format!("at {weight}%: {summary}"));
+                self.roll_back(index, verdicts.why, format!("at {weight}%: {summary}"));
+                return;
+            }
+            if verdicts.held() {
+                self.hold_on_inconclusive(index, &format!("at {weight}% ({position})"));
                 return;
             }
             self.status.message = Some(format!(
                 "stage {name}: {weight}% ({position}), {}",
                 self.gate_summary(index)
             ));
-            if decision == GateDecision::Wait {
+            if verdicts.health != GateDecision::Pass {
                 self.requeue(remaining(now, deadline_at).clamp(Duration::from_secs(1), WAIT_POLL));
+            } else if verdicts.configured != GateDecision::Pass {
+                // The pods are ready; the configured gates' next measurements move on.
+                self.requeue(WAIT_POLL);
             }
-            let done = decision == GateDecision::Pass && self.plan.actions.is_empty();
+            let done = verdicts.all_pass() && self.plan.actions.is_empty();
             if done && target == HealthTarget::Stable {
                 // Fully rolled out: the canary has served its purpose.
                 for workload in self.workloads().to_vec() {
@@ -247,42 +348,62 @@ impl Planner<'_> {
                 100 => HealthTarget::Stable,
                 w => HealthTarget::Canary { weight: w },
             };
-            let (decision, why) = self.evaluate_gates(index, target, false);
-            if decision == GateDecision::Fail {
+            // During a pause the built-in gate only watches for failures (its deadline
+            // was the setWeight step's); the configured gates must pass before the pause
+            // may end.
+            let verdicts = self.evaluate_gates(index, target, false);
+            if verdicts.failed() {
                 let summary = self.gate_summary(index);
                 self.roll_back(
                     index,
-                    why,
+                    verdicts.why,
                     format!("during a pause at {current_weight}%: {summary}"),
                 );
                 return;
             }
-            if let Some(text) = step.pause.as_ref().and_then(|p| p.duration.as_deref()) {
+            if verdicts.held() {
+                self.hold_on_inconclusive(
+                    index,
+                    &format!("during a pause at {current_weight}% ({position})"),
+                );
+                return;
+            }
+            let gates_pass = verdicts.configured == GateDecision::Pass;
+            let over = if let Some(text) = step.pause.as_ref().and_then(|p| p.duration.as_deref()) {
                 let until = after(step_started, duration_or(Some(text), Duration::ZERO));
-                let done = now >= until;
-                if !done {
+                let over = now >= until;
+                if !over {
                     self.requeue(remaining(now, until));
                     self.status.message = Some(format!(
                         "stage {name}: {current_weight}% ({position}), pausing {text}"
                     ));
                 }
-                done
+                over
             } else {
-                {
-                    let key = format!("{name}/{step_index}");
-                    let promoted = self.input.annotations.get(PROMOTE_ANNOTATION) == Some(&key);
-                    if !promoted {
-                        self.status.phase = Some(ReleasePhase::Paused);
-                        self.status.message = Some(format!(
-                            "stage {name}: {current_weight}% ({position}), waiting for promotion: kubectl stagecoach promote (annotation {PROMOTE_ANNOTATION}={key})"
-                        ));
-                        self.status.stages[index].message =
-                            Some(reason::WAITING_FOR_PROMOTION.into());
-                    }
-                    promoted
+                let key = format!("{name}/{step_index}");
+                let promoted = self.input.annotations.get(PROMOTE_ANNOTATION) == Some(&key);
+                if !promoted {
+                    self.status.phase = Some(ReleasePhase::Paused);
+                    self.status.message = Some(format!(
+                        "stage {name}: {current_weight}% ({position}), waiting for promotion: kubectl stagecoach promote (annotation {PROMOTE_ANNOTATION}={key})"
+                    ));
+                    self.status.stages[index].message = Some(reason::WAITING_FOR_PROMOTION.into());
                 }
+                promoted
+            };
+            if over && !gates_pass {
+                self.status.message = Some(format!(
+                    "stage {name}: {current_weight}% ({position}), pause over, waiting for gates: {}",
+                    self.waiting_gates(index)
+                ));
+                self.requeue(WAIT_POLL);
             }
+            over && gates_pass
         };
+        if self.status.stages[index].message.as_deref() == Some(reason::GATE_INCONCLUSIVE) {
+            // The hold ended with a conclusive measurement.
+            self.status.stages[index].message = None;
+        }
 
         if !step_done {
             return;
@@ -296,7 +417,11 @@ impl Planner<'_> {
         let stage = &mut self.status.stages[index];
         stage.step = Some(i32::try_from(step_index + 1).unwrap_or(i32::MAX));
         stage.step_started_at = Some(now);
-        stage.gates.clear();
+        if step_index + 1 < steps.len() {
+            // A new step is judged on its own measurements. After the last step the
+            // results stay: they are the stage's, in status and the closing record.
+            stage.gates.clear();
+        }
         stage.message = None;
         self.record(
             Some(&name),
@@ -336,7 +461,8 @@ impl Planner<'_> {
                 ),
                 false,
             );
-            self.requeue(duration.min(Duration::from_secs(300)));
+            // Watch at once: the gates are evaluated from the start of early life support.
+            self.requeue(Duration::ZERO);
         } else {
             let stage = &mut self.status.stages[index];
             stage.phase = StagePhase::Succeeded;
@@ -407,8 +533,8 @@ impl Planner<'_> {
             );
             return;
         }
-        let (decision, _) = self.evaluate_gates(index, HealthTarget::Steady, false);
-        if decision == GateDecision::Fail {
+        let verdicts = self.evaluate_gates(index, HealthTarget::Steady, false);
+        if verdicts.failed() {
             let summary = self.gate_summary(index);
             self.roll_back(
                 index,
@@ -417,12 +543,27 @@ impl Planner<'_> {
             );
             return;
         }
+        if verdicts.held() {
+            self.hold_on_inconclusive(index, "in early life support");
+            return;
+        }
+        if self.status.stages[index].message.as_deref() == Some(reason::GATE_INCONCLUSIVE) {
+            self.status.stages[index].message = None;
+        }
         let start = self.status.stages[index]
             .step_started_at
             .unwrap_or(self.now());
         let until = after(start, self.early_life_duration(&name));
         self.status.phase = Some(ReleasePhase::EarlyLifeSupport);
-        if self.now() >= until {
+        if self.now() >= until && verdicts.configured != GateDecision::Pass {
+            // Time is up, but a configured gate does not pass right now: early life
+            // support ends on a passing result, never on an inconclusive one.
+            self.status.message = Some(format!(
+                "early life support in {name} is over once the gates pass: {}",
+                self.waiting_gates(index)
+            ));
+            self.requeue(WAIT_POLL);
+        } else if self.now() >= until {
             let now = self.now();
             self.status.stages[index].phase = StagePhase::Succeeded;
             self.status.stages[index].finished_at = Some(now);
