@@ -2,17 +2,20 @@
 //!
 //! Uses the cluster in KUBECONFIG when it answers, otherwise brings up the local control
 //! plane; installs the CRDs and admission policy, starts the operator, applies
-//! `examples/` and shows what the operator made of them.
+//! `examples/` and shows what the operator made of them, in three acts: two releases
+//! travel, a failing one is rolled back, and the policy of `examples/policy/` (approvals
+//! checked by the API server, a release window) holds releases back.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 
-use crate::cluster::{Cluster, kubectl};
+use crate::cluster::{Cluster, kubectl, kubectl_apply};
 use crate::workspace_root;
 
 struct OperatorProcess {
@@ -63,16 +66,20 @@ fn target_cluster() -> Result<PathBuf> {
     Ok(cluster.kubeconfig())
 }
 
-fn cargo_build_operator() -> Result<PathBuf> {
-    eprintln!("building the operator");
+/// Builds the operator and the kubectl plugin (the policy act approves with it): their
+/// paths.
+fn cargo_build() -> Result<(PathBuf, PathBuf)> {
+    eprintln!("building the operator and the kubectl plugin");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
         .args(["build", "--quiet", "-p", "stagecoach-operator"])
+        .args(["-p", "kubectl-stagecoach"])
         .status()?;
     if !status.success() {
-        bail!("building the operator failed");
+        bail!("building the operator and the plugin failed");
     }
-    Ok(workspace_root().join("target/debug/stagecoach"))
+    let bin = workspace_root().join("target/debug");
+    Ok((bin.join("stagecoach"), bin.join("kubectl-stagecoach")))
 }
 
 fn start_operator(binary: &Path, kubeconfig: &Path) -> Result<OperatorProcess> {
@@ -117,8 +124,11 @@ fn apply_dir(kubeconfig: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// (name, phase, one-line progress) of every Release.
-fn release_lines(kubeconfig: &Path) -> Result<Vec<(String, String, String)>> {
+/// (name, phase, one-line progress) of every Release, or of those named in `only`.
+fn release_lines(
+    kubeconfig: &Path,
+    only: Option<&[&str]>,
+) -> Result<Vec<(String, String, String)>> {
     let json = kubectl(kubeconfig, &["get", "releases", "-A", "-o", "json"])?;
     let list: serde_json::Value = serde_json::from_str(&json)?;
     let mut out = Vec::new();
@@ -127,6 +137,9 @@ fn release_lines(kubeconfig: &Path) -> Result<Vec<(String, String, String)>> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        if only.is_some_and(|only| !only.contains(&name.as_str())) {
+            continue;
+        }
         let phase = item["status"]["phase"]
             .as_str()
             .unwrap_or("Pending")
@@ -143,6 +156,7 @@ fn release_lines(kubeconfig: &Path) -> Result<Vec<(String, String, String)>> {
                     "EarlyLifeSupport" => "ELS".to_owned(),
                     "RolledBack" => "ROLLED BACK".to_owned(),
                     "Skipped" => "skipped".to_owned(),
+                    "Rejected" => "REJECTED".to_owned(),
                     _ => "..".to_owned(),
                 };
                 format!("{stage} {mark}")
@@ -207,23 +221,27 @@ fn toggle_line(ofrep: SocketAddr) -> String {
     )
 }
 
-/// Prints a line per release whenever one changes (and one for the demo toggle as an
-/// OpenFeature client sees it), until `done` or 5 minutes.
+/// Prints a line per release whenever one changes, until `done` or 5 minutes. With
+/// `only`, just the releases it names; without, every release and a line for the demo
+/// toggle as an OpenFeature client sees it.
 fn watch_releases(
     kubeconfig: &Path,
     operator: &OperatorProcess,
+    only: Option<&[&str]>,
     started: Instant,
     done: impl Fn(&[(String, String, String)], &str) -> bool,
 ) -> Result<()> {
     let mut last = Vec::new();
     let mut last_toggle = String::new();
     loop {
-        let toggle = toggle_line(operator.ofrep);
-        if toggle != last_toggle {
-            println!("[{:>4}s] {toggle}", started.elapsed().as_secs());
-            last_toggle = toggle;
+        if only.is_none() {
+            let toggle = toggle_line(operator.ofrep);
+            if toggle != last_toggle {
+                println!("[{:>4}s] {toggle}", started.elapsed().as_secs());
+                last_toggle = toggle;
+            }
         }
-        let lines = release_lines(kubeconfig)?;
+        let lines = release_lines(kubeconfig, only)?;
         if lines != last {
             for (name, _, progress) in &lines {
                 if !last.iter().any(|(n, _, p)| n == name && p == progress) {
@@ -250,7 +268,7 @@ fn watch_releases(
 
 pub fn run(keep_running: bool) -> Result<()> {
     let kubeconfig = target_cluster()?;
-    let binary = cargo_build_operator()?;
+    let (binary, plugin) = cargo_build()?;
 
     eprintln!("\ninstalling the CRDs and the admission policy");
     apply_dir(&kubeconfig, &workspace_root().join("crds"))?;
@@ -262,17 +280,20 @@ pub fn run(keep_running: bool) -> Result<()> {
             "--timeout=60s",
             "crd/releases.stagecoach.dev",
             "crd/featuretoggles.stagecoach.dev",
+            "crd/pipelines.stagecoach.dev",
+            "crd/approvals.stagecoach.dev",
         ],
     )?;
 
     let operator = start_operator(&binary, &kubeconfig)?;
 
-    eprintln!("\napplying examples/");
+    eprintln!("\n=== act 1: two releases travel ===");
+    eprintln!("applying examples/");
     apply_dir(&kubeconfig, &workspace_root().join("examples"))?;
 
     eprintln!("\nwatching the releases travel (dev -> qa -> demo -> prod)");
     let started = Instant::now();
-    watch_releases(&kubeconfig, &operator, started, |releases, toggle| {
+    watch_releases(&kubeconfig, &operator, None, started, |releases, toggle| {
         ["billing-2.4.0", "reports-1.8.0"].iter().all(|name| {
             releases.iter().any(|(n, phase, _)| {
                 n == name && matches!(phase.as_str(), "EarlyLifeSupport" | "Succeeded")
@@ -280,13 +301,22 @@ pub fn run(keep_running: bool) -> Result<()> {
         }) && toggle.contains("prod: acme on")
     })?;
 
-    eprintln!("\napplying examples/failing/: billing-2.5.0, whose image crash-loops");
+    eprintln!("\n=== act 2: a rollback ===");
+    eprintln!("applying examples/failing/: billing-2.5.0, whose image crash-loops");
     apply_dir(&kubeconfig, &workspace_root().join("examples/failing"))?;
-    watch_releases(&kubeconfig, &operator, Instant::now(), |releases, _| {
-        releases
-            .iter()
-            .any(|(n, phase, _)| n == "billing-2.5.0" && phase == "RolledBack")
-    })?;
+    watch_releases(
+        &kubeconfig,
+        &operator,
+        None,
+        Instant::now(),
+        |releases, _| {
+            releases
+                .iter()
+                .any(|(n, phase, _)| n == "billing-2.5.0" && phase == "RolledBack")
+        },
+    )?;
+
+    policy_act(&kubeconfig, &plugin, &operator)?;
 
     show_results(&kubeconfig)?;
     if keep_running {
@@ -312,6 +342,8 @@ pub fn run(keep_running: bool) -> Result<()> {
 fn show_results(kubeconfig: &Path) -> Result<()> {
     println!("\n$ kubectl get releases -A");
     print!("{}", kubectl(kubeconfig, &["get", "releases", "-A"])?);
+    println!("\n$ kubectl get pipelines -A");
+    print!("{}", kubectl(kubeconfig, &["get", "pipelines", "-A"])?);
     println!("\n$ kubectl get featuretoggles -A");
     print!("{}", kubectl(kubeconfig, &["get", "featuretoggles", "-A"])?);
     println!("\nwhy billing-2.5.0 was rolled back:");
@@ -370,8 +402,473 @@ fn show_results(kubeconfig: &Path) -> Result<()> {
     println!("  {flag}");
 
     println!(
-        "\nexplore: export KUBECONFIG={}\n  kubectl explain release.spec.stages.steps\n  kubectl describe release -n billing billing-2.5.0\n  kubectl describe featuretoggle -n billing new-invoice-ui\n  target/debug/kubectl-stagecoach -n billing history billing-2.4.0",
+        "\nexplore: export KUBECONFIG={}\n  kubectl explain release.spec.stages.steps\n  kubectl describe release -n billing billing-2.5.0\n  kubectl describe featuretoggle -n billing new-invoice-ui\n  target/debug/kubectl-stagecoach -n billing history billing-2.4.0\n  kubectl get pipelines -A; kubectl explain pipeline.spec.releaseTypes\n  kubectl get approvals -n payments -o wide\n  target/debug/kubectl-stagecoach -n payments status payments-3.2.0\n  target/debug/kubectl-stagecoach -n ledger status ledger-2.0.0\n  kubectl describe release -n payments payments-3.3.0",
         kubeconfig.display()
     );
+    Ok(())
+}
+
+// ----- act 3: the policy -------------------------------------------------------------
+
+/// The home namespaces of the policy act's applications (payments, ledger).
+const POLICY_NAMESPACES: [&str; 2] = ["payments", "ledger"];
+/// The release of payments that waits for approval into prod.
+const APPROVED: &str = "payments-3.2.0";
+/// The next release of payments, rejected at prod.
+const REJECTED: &str = "payments-3.3.0";
+/// The major release of ledger that waits for its window.
+const MAJOR: &str = "ledger-2.0.0";
+
+/// Where the demo keeps the Releases and Pipelines of the policy act as they were in
+/// their waiting states (YAML, as `kubectl get -o yaml` prints them).
+fn snapshot_dir() -> PathBuf {
+    workspace_root().join("target/stagecoach-demo/policy")
+}
+
+/// Tomorrow's day of the week in UTC, as a Pipeline window names it. A window that opens
+/// at 06:00 Stockholm time on that day is at least four hours away (Stockholm is one or
+/// two hours ahead of UTC), so it stays closed while the demo runs.
+fn tomorrow_utc() -> &'static str {
+    // Day 0 of the Unix epoch, 1970-01-01, was a Thursday.
+    const FROM_THURSDAY: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    FROM_THURSDAY[usize::try_from((days + 1) % 7).unwrap_or_default()]
+}
+
+/// A Release as JSON.
+fn release_json(kubeconfig: &Path, namespace: &str, name: &str) -> Result<serde_json::Value> {
+    let json = kubectl(
+        kubeconfig,
+        &["get", "release", "-n", namespace, name, "-o", "json"],
+    )?;
+    Ok(serde_json::from_str(&json)?)
+}
+
+/// The Ready condition of a Release: "Ready=False AwaitingApproval: stage prod needs ...".
+fn ready_line(release: &serde_json::Value) -> String {
+    release["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .map_or_else(
+            || "(no Ready condition yet)".to_owned(),
+            |c| {
+                format!(
+                    "Ready={} {}: {}",
+                    c["status"].as_str().unwrap_or_default(),
+                    c["reason"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default()
+                )
+            },
+        )
+}
+
+/// Polls a Release until `ok` holds, for at most `timeout`.
+fn wait_release(
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let release = release_json(kubeconfig, namespace, name)?;
+        if ok(&release) {
+            return Ok(release);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "release {name} did not get to {what} within {}s; it is at: {}",
+                timeout.as_secs(),
+                ready_line(&release)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Whether the Ready condition's message contains `text`.
+fn ready_says(release: &serde_json::Value, text: &str) -> bool {
+    ready_line(release).contains(text)
+}
+
+/// Writes `kubectl get <what> -o yaml` into the snapshot directory as `file`.
+fn snapshot(kubeconfig: &Path, args: &[&str], file: &str) -> Result<()> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend(["-o", "yaml"]);
+    let yaml = kubectl(kubeconfig, &all)?;
+    std::fs::write(snapshot_dir().join(file), yaml)?;
+    Ok(())
+}
+
+/// Runs the kubectl plugin, as `user` if given (impersonated: the demo's kubeconfig is
+/// the cluster's administrator), printing the command and everything it said. Whether it
+/// succeeded.
+fn run_plugin(plugin: &Path, kubeconfig: &Path, user: Option<&str>, args: &[&str]) -> Result<bool> {
+    let mut all: Vec<&str> = user.map_or_else(Vec::new, |u| vec!["--as", u]);
+    all.extend_from_slice(args);
+    let shown: Vec<String> = all
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    println!("$ kubectl stagecoach {}", shown.join(" "));
+    let out = Command::new(plugin)
+        .env("KUBECONFIG", kubeconfig)
+        .args(&all)
+        .output()
+        .context("running the kubectl plugin")?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        println!("  {line}");
+    }
+    Ok(out.status.success())
+}
+
+/// `user` approves stage prod of a payments release with the plugin, which must succeed.
+fn approve_as(
+    plugin: &Path,
+    kubeconfig: &Path,
+    user: &str,
+    release: &str,
+    comment: &str,
+) -> Result<()> {
+    let args = [
+        "-n", "payments", "approve", release, "--stage", "prod", "-m", comment,
+    ];
+    if !run_plugin(plugin, kubeconfig, Some(user), &args)? {
+        bail!("{user}'s approval was refused (see above)");
+    }
+    Ok(())
+}
+
+/// A previous run's policy act undone: its Releases and Approvals deleted (the operator
+/// lets them go), so this run starts from the same place.
+fn reset_policy_act(kubeconfig: &Path) -> Result<()> {
+    for namespace in POLICY_NAMESPACES {
+        kubectl(
+            kubeconfig,
+            &[
+                "delete",
+                "releases,approvals",
+                "-n",
+                namespace,
+                "--all",
+                "--ignore-not-found",
+                "--timeout=60s",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies examples/policy/ file by file, in name order; windows in a Pipeline are moved
+/// to `day`, so that a major release certainly waits while the demo runs.
+fn apply_policy_examples(kubeconfig: &Path, day: &str) -> Result<()> {
+    let dir = workspace_root().join("examples/policy");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|f| f.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let mut manifest = String::new();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let mut doc = serde_json::Value::deserialize(document)
+                .with_context(|| format!("reading {}", file.display()))?;
+            if doc["kind"] == "Pipeline" {
+                for kind in ["patch", "minor", "major"] {
+                    let windows = doc
+                        .pointer_mut(&format!("/spec/releaseTypes/{kind}/windows"))
+                        .and_then(serde_json::Value::as_array_mut);
+                    for window in windows.into_iter().flatten() {
+                        window["days"] = serde_json::json!([day]);
+                    }
+                }
+            }
+            manifest.push_str("---\n");
+            manifest.push_str(&serde_yaml::to_string(&doc)?);
+        }
+        for line in kubectl_apply(kubeconfig, &manifest)?.lines() {
+            eprintln!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Act three: what a Pipeline holds releases to, on the real control plane. payments
+/// needs two approvals for prod; ledger lets a major release into prod only in a window.
+fn policy_act(kubeconfig: &Path, plugin: &Path, operator: &OperatorProcess) -> Result<()> {
+    eprintln!("\n=== act 3: the policy ===");
+    eprintln!(
+        "payments' Pipeline wants two approvals for prod (RBAC: rita and sam may approve, \
+         dave may not);\nledger's lets a major release into prod only in its window"
+    );
+    reset_policy_act(kubeconfig)?;
+    let day = tomorrow_utc();
+    eprintln!(
+        "\napplying examples/policy/ (ledger's window moved to tomorrow, {day}, so it is \
+         closed while the demo runs)"
+    );
+    apply_policy_examples(kubeconfig, day)?;
+    std::fs::create_dir_all(snapshot_dir())?;
+
+    eprintln!("\nwatching {APPROVED} and {MAJOR} travel until the policy holds them");
+    watch_releases(
+        kubeconfig,
+        operator,
+        Some(&[APPROVED, MAJOR]),
+        Instant::now(),
+        |releases, _| {
+            let at =
+                |name: &str, phase: &str| releases.iter().any(|(n, p, _)| n == name && p == phase);
+            at(APPROVED, "AwaitingApproval") && at(MAJOR, "WaitingForWindow")
+        },
+    )?;
+    for app in POLICY_NAMESPACES {
+        snapshot(
+            kubeconfig,
+            &["pipeline", "-n", app, app],
+            &format!("pipeline-{app}.yaml"),
+        )?;
+    }
+
+    awaiting_approval(kubeconfig, plugin)?;
+    approved(kubeconfig, plugin, operator)?;
+    rejected(kubeconfig, plugin, operator)?;
+    waiting_for_window(kubeconfig, plugin)?;
+    eprintln!(
+        "\nthe policy act's releases and pipelines as they were while waiting: {}",
+        snapshot_dir().display()
+    );
+    Ok(())
+}
+
+/// Steps 1-3 of the policy act: payments-3.2.0 waits for approval into prod, dave is
+/// refused by the API server, and rita's approval stops counting when the image changes.
+fn awaiting_approval(kubeconfig: &Path, plugin: &Path) -> Result<()> {
+    eprintln!("\n(1) {APPROVED} waits for approval into prod; its Ready condition:");
+    let release = release_json(kubeconfig, "payments", APPROVED)?;
+    println!("  {}", ready_line(&release));
+    snapshot(
+        kubeconfig,
+        &["release", "-n", "payments", APPROVED],
+        "release-awaiting-approval.yaml",
+    )?;
+
+    eprintln!(
+        "\n(2) dave, who wrote its change and has no right to approve prod, tries anyway; the \
+         API server refuses"
+    );
+    let args = [
+        "-n", "payments", "approve", APPROVED, "--stage", "prod", "-m", "LGTM",
+    ];
+    if run_plugin(plugin, kubeconfig, Some("dave"), &args)? {
+        bail!("dave's approval was admitted: is the Approval admission policy installed?");
+    }
+
+    eprintln!(
+        "\n(3) rita, a release manager, approves; then the release's image is changed, and \
+         her approval no longer counts"
+    );
+    approve_as(plugin, kubeconfig, "rita", APPROVED, "QA report attached")?;
+    let release = wait_release(
+        kubeconfig,
+        "payments",
+        APPROVED,
+        "one approval",
+        Duration::from_secs(30),
+        |r| ready_says(r, "1 given (rita)"),
+    )?;
+    println!("  {}", ready_line(&release));
+    let patch = r#"{"spec":{"workloads":[{"deployment":"payments-api","containers":[{"name":"api","image":"registry.example.com/payments-api:3.2.0-fix1"}]}]}}"#;
+    println!("$ kubectl patch release -n payments {APPROVED} --type merge -p '{patch}'");
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "patch", "release", "-n", "payments", APPROVED, "--type", "merge", "-p", patch,
+        ],
+    )?;
+    print!("  {out}");
+    let release = wait_release(
+        kubeconfig,
+        "payments",
+        APPROVED,
+        "rita's approval not counted",
+        Duration::from_secs(30),
+        |r| ready_says(r, "earlier version"),
+    )?;
+    println!("  {}", ready_line(&release));
+    snapshot(
+        kubeconfig,
+        &["release", "-n", "payments", APPROVED],
+        "release-awaiting-approval-earlier-approval-not-counted.yaml",
+    )
+}
+
+/// Step 4: two approvals of the current content let payments-3.2.0 into prod. The next
+/// release, payments-3.3.0, is applied as prod rolls out (step 5 rejects it).
+fn approved(kubeconfig: &Path, plugin: &Path, operator: &OperatorProcess) -> Result<()> {
+    eprintln!("\n(4) rita and sam approve what will now ship; with two approvals prod rolls out");
+    approve_as(
+        plugin,
+        kubeconfig,
+        "rita",
+        APPROVED,
+        "fixed image checked, QA report attached",
+    )?;
+    approve_as(plugin, kubeconfig, "sam", APPROVED, "go")?;
+    // The next release travels dev, qa and demo meanwhile (step 5).
+    kubectl(
+        kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &workspace_root()
+                .join("examples/policy/rejected")
+                .display()
+                .to_string(),
+        ],
+    )?;
+    watch_releases(
+        kubeconfig,
+        operator,
+        Some(&[APPROVED]),
+        Instant::now(),
+        |releases, _| {
+            releases.iter().any(|(n, p, _)| {
+                n == APPROVED && matches!(p.as_str(), "EarlyLifeSupport" | "Succeeded")
+            })
+        },
+    )?;
+    println!("$ kubectl get approvals -n payments");
+    print!(
+        "{}",
+        kubectl(kubeconfig, &["get", "approvals", "-n", "payments"])?
+    );
+    println!("what let {APPROVED} into prod (status.approvals):");
+    print!(
+        "{}",
+        kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "release",
+                "-n",
+                "payments",
+                APPROVED,
+                "-o",
+                "jsonpath={range .status.approvals[*]}  {.stage}: {.decision} by {.approver} of digest {.digest} ({.approval}){\"\\n\"}{end}",
+            ],
+        )?
+    );
+    Ok(())
+}
+
+/// Step 5: the next release of payments, rejected at prod by a release manager.
+fn rejected(kubeconfig: &Path, plugin: &Path, operator: &OperatorProcess) -> Result<()> {
+    eprintln!(
+        "\n(5) applied meanwhile from examples/policy/rejected/: {REJECTED}; it waits for approval \
+         into prod, and rita rejects it"
+    );
+    let done = |phase: &'static str| {
+        move |releases: &[(String, String, String)], _: &str| {
+            releases.iter().any(|(n, p, _)| n == REJECTED && p == phase)
+        }
+    };
+    watch_releases(
+        kubeconfig,
+        operator,
+        Some(&[REJECTED]),
+        Instant::now(),
+        done("AwaitingApproval"),
+    )?;
+    let args = [
+        "-n",
+        "payments",
+        "reject",
+        REJECTED,
+        "--stage",
+        "prod",
+        "-m",
+        "the new tokenization provider has not passed its PCI review",
+    ];
+    if !run_plugin(plugin, kubeconfig, Some("rita"), &args)? {
+        bail!("rita's reject was refused (see above)");
+    }
+    watch_releases(
+        kubeconfig,
+        operator,
+        Some(&[REJECTED]),
+        Instant::now(),
+        done("Rejected"),
+    )?;
+    let release = release_json(kubeconfig, "payments", REJECTED)?;
+    println!("  {}", ready_line(&release));
+    let image = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "-n",
+            "payments-prod",
+            "payments-api",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )?;
+    println!("  payments-prod still runs {image}");
+    snapshot(
+        kubeconfig,
+        &["release", "-n", "payments", REJECTED],
+        "release-rejected.yaml",
+    )
+}
+
+/// Step 6: ledger-2.0.0, a major release, waits for the window of its Pipeline.
+fn waiting_for_window(kubeconfig: &Path, plugin: &Path) -> Result<()> {
+    eprintln!("\n(6) {MAJOR}, a major release, waits for ledger's window before prod");
+    let window = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "pipeline",
+            "-n",
+            "ledger",
+            "ledger",
+            "-o",
+            "jsonpath={.spec.releaseTypes.major.windows}",
+        ],
+    )?;
+    println!("  ledger's windows for major releases: {window}");
+    let release = release_json(kubeconfig, "ledger", MAJOR)?;
+    println!(
+        "  phase {}, status.nextWindow {}",
+        release["status"]["phase"].as_str().unwrap_or("?"),
+        release["status"]["nextWindow"].as_str().unwrap_or("(none)")
+    );
+    println!("  {}", ready_line(&release));
+    snapshot(
+        kubeconfig,
+        &["release", "-n", "ledger", MAJOR],
+        "release-waiting-for-window.yaml",
+    )?;
+    run_plugin(plugin, kubeconfig, None, &["-n", "ledger", "status", MAJOR])?;
     Ok(())
 }
