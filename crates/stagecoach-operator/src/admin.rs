@@ -26,10 +26,25 @@ use crate::metrics::Metrics;
 pub struct Readiness(Arc<Mutex<BTreeMap<&'static str, bool>>>);
 
 /// The readiness flag of one cache.
+///
+/// [`CacheSync::wait`] is what code waits on for a cache's first list, never kube's
+/// `Store::wait_until_ready`: that one keeps a single waker, so of several tasks waiting
+/// on one store (the controller's runner, the toggle fan-out, reconciles) all but the last
+/// to poll may never be woken. Seen as toggles and releases never reconciled after a
+/// restart, and a shutdown stuck on the reconcile that waited.
 #[derive(Clone, Debug)]
 pub struct CacheSync {
     kind: &'static str,
-    readiness: Readiness,
+    /// `None` for a cache that does not count toward `/readyz` (a stage namespace's).
+    readiness: Option<Readiness>,
+    flag: Arc<SyncFlag>,
+}
+
+/// Set once, awaited by any number of tasks.
+#[derive(Debug, Default)]
+struct SyncFlag {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 impl Readiness {
@@ -38,7 +53,8 @@ impl Readiness {
         self.lock().insert(kind, false);
         CacheSync {
             kind,
-            readiness: self.clone(),
+            readiness: Some(self.clone()),
+            flag: Arc::default(),
         }
     }
 
@@ -64,23 +80,50 @@ impl Readiness {
 }
 
 impl CacheSync {
+    /// The flag of a cache that `/readyz` does not wait for (a stage namespace's, started
+    /// on first use).
+    pub fn unlisted() -> Self {
+        Self {
+            kind: "stage namespace",
+            readiness: None,
+            flag: Arc::default(),
+        }
+    }
+
     /// Whether this cache has synced.
     pub fn is_synced(&self) -> bool {
-        self.readiness
-            .lock()
-            .get(self.kind)
-            .copied()
-            .unwrap_or(false)
+        self.flag.set.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Marks the cache synced; it stays so (later relists keep it consistent).
     pub fn synced(&self) {
-        let newly = self.readiness.lock().insert(self.kind, true) == Some(false);
+        let newly = !self.flag.set.swap(true, std::sync::atomic::Ordering::AcqRel);
+        if newly {
+            self.flag.notify.notify_waiters();
+        }
+        let Some(readiness) = &self.readiness else {
+            return;
+        };
+        let newly = readiness.lock().insert(self.kind, true) == Some(false);
         if newly {
             info!(kind = self.kind, "cache synced");
-            if self.readiness.is_ready() {
+            if readiness.is_ready() {
                 info!("all caches synced; ready");
             }
+        }
+    }
+
+    /// Waits until the cache has synced; any number of tasks may wait at once.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.flag.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a `synced` in between is not missed.
+            notified.as_mut().enable();
+            if self.is_synced() {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -148,6 +191,35 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
+
+    /// Every waiter wakes when the cache syncs, however many wait at once and in whatever
+    /// order they were polled (kube's `Store::wait_until_ready` wakes only the last).
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_cache_syncs() {
+        let readiness = Readiness::default();
+        let releases = readiness.cache("Release");
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let releases = releases.clone();
+                tokio::spawn(async move { releases.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        releases.synced();
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("a waiter was never woken")
+                .unwrap();
+        }
+        // After the sync, waiting returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), releases.wait())
+            .await
+            .unwrap();
+        assert!(readiness.is_ready());
+    }
 
     /// One HTTP/1.0 GET; returns the status code and the body.
     async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

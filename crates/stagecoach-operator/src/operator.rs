@@ -140,8 +140,9 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         pipelines_deleted,
     );
     let epochs = app_changes.epochs();
+    let flag_set_sync = readiness.cache("ConfigMap");
     let (flag_set_cache, flag_set_events) =
-        toggle::watch_flag_sets(&client, readiness.cache("ConfigMap"), app_changes);
+        toggle::watch_flag_sets(&client, flag_set_sync.clone(), app_changes);
     // The release controller also watches the stage namespaces: Deployments, their pods
     // and the ControllerRevisions it records. Any change there re-plans the releases whose
     // stages live in that namespace, which is what makes a failing pod reach a rollback
@@ -189,6 +190,11 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         flag_set_cache,
         flag_index.clone(),
         epochs,
+        toggle::Synced {
+            toggles: toggle_sync.clone(),
+            releases: release_sync.clone(),
+            flag_sets: flag_set_sync,
+        },
     ));
     let (toggle_retriggers, toggle_triggers) = toggle::fan_out(
         app_change_reports,

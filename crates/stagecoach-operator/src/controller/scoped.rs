@@ -31,8 +31,8 @@ pub type Changes<K> = futures::stream::BoxStream<'static, Result<K, watcher::Err
 /// A cache of one kind of object.
 #[derive(Clone)]
 pub enum Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
-    /// One watch over the whole cluster.
-    Cluster(Store<K>),
+    /// One watch over the whole cluster, and its first-list flag.
+    Cluster(Store<K>, CacheSync),
     /// One watch per stage namespace, started on first use.
     Namespaces(NamespacedCache<K>),
 }
@@ -43,7 +43,7 @@ pub struct NamespacedCache<K: Resource<DynamicType = ()> + Clone + 'static> {
     client: Client,
     config: watcher::Config,
     managed_fields: ManagedFields,
-    stores: Arc<Mutex<HashMap<String, Store<K>>>>,
+    stores: Arc<Mutex<HashMap<String, (Store<K>, CacheSync)>>>,
     changed: mpsc::UnboundedSender<K>,
 }
 
@@ -84,10 +84,10 @@ where
         let (store, changes) = cached_watch_with(
             Api::<K>::all(client.clone()),
             config,
-            synced,
+            synced.clone(),
             managed_fields,
         );
-        (Self::Cluster(store), changes.boxed())
+        (Self::Cluster(store, synced), changes.boxed())
     }
 
     /// A cache of only the namespaces [`Cache::watch`] is asked for, and the stream of
@@ -127,8 +127,13 @@ where
             }
             info!(%namespace, kind = K::kind(&()).as_ref(), "watching a stage namespace");
             let api = Api::<K>::namespaced(cache.client.clone(), namespace);
-            let (store, objects) =
-                reflected_watch(api, cache.config.clone(), None, cache.managed_fields);
+            let synced = CacheSync::unlisted();
+            let (store, objects) = reflected_watch(
+                api,
+                cache.config.clone(),
+                Some(synced.clone()),
+                cache.managed_fields,
+            );
             let sender = cache.changed.clone();
             tokio::spawn(objects.for_each(move |object| {
                 if let Ok(object) = object {
@@ -138,36 +143,35 @@ where
                 }
                 std::future::ready(())
             }));
-            stores.insert(namespace.clone(), store);
+            stores.insert(namespace.clone(), (store, synced));
         }
     }
 
     /// Waits until the cache has its first complete list of `namespaces` (or of the
     /// cluster): before that, an object missing from it may exist.
     pub async fn ready(&self, namespaces: &[String]) {
-        let stores: Vec<Store<K>> = match self {
-            Self::Cluster(store) => vec![store.clone()],
+        let flags: Vec<CacheSync> = match self {
+            Self::Cluster(_, synced) => vec![synced.clone()],
             Self::Namespaces(cache) => {
                 let stores = cache.lock();
                 namespaces
                     .iter()
-                    .filter_map(|ns| stores.get(ns).cloned())
+                    .filter_map(|ns| stores.get(ns).map(|(_, synced)| synced.clone()))
                     .collect()
             }
         };
-        for store in stores {
-            // The writer lives as long as its watch; an error means shutting down.
-            let _ = store.wait_until_ready().await;
+        for synced in flags {
+            synced.wait().await;
         }
     }
 
     /// The cached object, if any.
     pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
         match self {
-            Self::Cluster(store) => store.get(key),
+            Self::Cluster(store, _) => store.get(key),
             Self::Namespaces(cache) => {
                 let namespace = key.namespace.as_deref()?;
-                cache.lock().get(namespace)?.get(key)
+                cache.lock().get(namespace)?.0.get(key)
             }
         }
     }
@@ -175,7 +179,7 @@ where
     /// Every cached object of `namespace`.
     pub fn state_in(&self, namespace: &str) -> Vec<Arc<K>> {
         match self {
-            Self::Cluster(store) => store
+            Self::Cluster(store, _) => store
                 .state()
                 .into_iter()
                 .filter(|o| o.namespace().as_deref() == Some(namespace))
@@ -183,14 +187,14 @@ where
             Self::Namespaces(cache) => cache
                 .lock()
                 .get(namespace)
-                .map(Store::state)
+                .map(|(store, _)| store.state())
                 .unwrap_or_default(),
         }
     }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> NamespacedCache<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Store<K>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Store<K>, CacheSync)>> {
         // A poisoned lock only means a panic elsewhere mid-insert of a map of handles.
         self.stores.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -57,6 +57,7 @@ pub use self::triggers::{
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
+use crate::admin::CacheSync;
 use crate::context::Context;
 use crate::error::ReconcileError;
 use crate::ofrep::FlagIndex;
@@ -73,6 +74,14 @@ type Observed = (
     Option<Arc<Pipeline>>,
 );
 
+/// The first-list flags of the caches toggle planning reads.
+#[derive(Clone, Debug)]
+pub struct Synced {
+    pub toggles: CacheSync,
+    pub releases: CacheSync,
+    pub flag_sets: CacheSync,
+}
+
 /// What the toggle controller needs beyond the shared context.
 pub struct ToggleContext {
     pub base: Arc<Context>,
@@ -83,6 +92,8 @@ pub struct ToggleContext {
     pub flag_sets: FlagSetCache,
     /// What OFREP serves; replaced per application when its flag sets change.
     pub index: FlagIndex,
+    /// When the caches planning reads have their first list (see [`CacheSync::wait`]).
+    pub synced: Synced,
     epochs: Arc<Epochs>,
     applications: Applications,
     /// One application is planned at a time: planning is CPU work, and a large flag set
@@ -100,6 +111,7 @@ impl ToggleContext {
         flag_sets: FlagSetCache,
         index: FlagIndex,
         epochs: Arc<Epochs>,
+        synced: Synced,
     ) -> Self {
         Self {
             base,
@@ -108,6 +120,7 @@ impl ToggleContext {
             pipelines,
             flag_sets,
             index,
+            synced,
             epochs,
             applications: Applications::default(),
             planning: tokio::sync::Semaphore::new(1),
@@ -163,8 +176,8 @@ async fn reconcile_toggle(
 ) -> Result<Action, ReconcileError> {
     // Observe (no client required): caches only. The flag sets and Releases must be known
     // first, or every ConfigMap would look missing and every stage unknown.
-    let _ = ctx.releases.wait_until_ready().await;
-    let _ = ctx.flag_sets.wait_until_ready().await;
+    ctx.synced.releases.wait().await;
+    ctx.synced.flag_sets.wait().await;
     let namespace = key.namespace.as_str();
     let application = toggle.spec.application.as_str();
     let app = AppKey::new(namespace, application);

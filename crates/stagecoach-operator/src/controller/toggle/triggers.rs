@@ -428,8 +428,8 @@ pub fn fan_out(
         // Nothing can be decided before the toggles and Releases are known: an empty
         // cache would look like applications without toggles.
         let ready = async {
-            let _ = ctx.toggles.wait_until_ready().await;
-            let _ = ctx.releases.wait_until_ready().await;
+            ctx.synced.toggles.wait().await;
+            ctx.synced.releases.wait().await;
         };
         tokio::select! {
             () = ready => {}
