@@ -97,7 +97,10 @@ impl CacheSync {
 
     /// Marks the cache synced; it stays so (later relists keep it consistent).
     pub fn synced(&self) {
-        let newly = !self.flag.set.swap(true, std::sync::atomic::Ordering::AcqRel);
+        let newly = !self
+            .flag
+            .set
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
         if newly {
             self.flag.notify.notify_waiters();
         }
