@@ -3,14 +3,16 @@
 //! Installed as `kubectl-stagecoach` on the PATH, kubectl finds it as a plugin.
 
 mod approve;
+mod changelog;
 mod decide;
 mod render;
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Config, ResourceExt};
 use stagecoach_api::{Decision, Pipeline, Release};
@@ -107,6 +109,38 @@ enum Command {
         #[arg(short = 'm', long = "message", value_name = "COMMENT")]
         comment: Option<String>,
     },
+    /// The releases of an application that have ended, newest first, from their audit
+    /// records (the immutable ConfigMaps the operator writes; they outlive the Releases).
+    ///
+    /// --format markdown prints release notes for clients: version, date, what happened,
+    /// the changes with their links and the notes. --format json prints the records.
+    Changelog {
+        application: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Only the newest N releases.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// DORA metrics of an application from its audit records: deployment frequency to
+    /// its last stage, lead time for changes, change failure rate, time to restore.
+    Dora {
+        application: String,
+        /// The window, up to now: days (30d), weeks (2w) or hours (12h).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// How `changelog` and `dora` print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Markdown,
+    Json,
 }
 
 fn api(client: Client, namespace: Option<&str>) -> Api<Release> {
@@ -253,6 +287,98 @@ async fn decide_stage(
     Ok(())
 }
 
+/// The audit record documents of an application in the namespace, newest first.
+async fn records(
+    client: &Client,
+    namespace: Option<&str>,
+    application: &str,
+) -> Result<Vec<serde_json::Value>> {
+    use stagecoach_engine::record::{APPLICATION_LABEL, DATA_KEY, RECORD_LABEL};
+    let ns = namespace_of(client, namespace);
+    let selector = format!("{RECORD_LABEL}=true,{APPLICATION_LABEL}={application}");
+    let list = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot list the audit records in namespace {ns}: {}",
+                api_message(&e)
+            )
+        })?;
+    let mut docs = Vec::new();
+    for config_map in list.items {
+        let name = config_map.name_any();
+        let text = config_map.data.as_ref().and_then(|d| d.get(DATA_KEY));
+        match text.map(|t| serde_json::from_str::<serde_json::Value>(t)) {
+            Some(Ok(doc)) => docs.push(doc),
+            _ => eprintln!("note: ConfigMap {ns}/{name} holds no readable {DATA_KEY}; skipped"),
+        }
+    }
+    changelog::newest_first(&mut docs);
+    Ok(docs)
+}
+
+async fn show_changelog(
+    client: &Client,
+    namespace: Option<&str>,
+    application: &str,
+    format: Format,
+    limit: Option<usize>,
+) -> Result<()> {
+    let mut docs = records(client, namespace, application).await?;
+    if let Some(limit) = limit {
+        docs.truncate(limit);
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&docs)?),
+        Format::Markdown => print!("{}", changelog::markdown(application, &docs)),
+        Format::Text if docs.is_empty() => eprintln!(
+            "No audit records of {application} in namespace {}.",
+            namespace_of(client, namespace)
+        ),
+        Format::Text => print!("{}", changelog::table(&docs)),
+    }
+    Ok(())
+}
+
+async fn show_dora(
+    client: &Client,
+    namespace: Option<&str>,
+    application: &str,
+    since: &str,
+    format: Format,
+) -> Result<()> {
+    let window = changelog::parse_since(since).map_err(anyhow::Error::msg)?;
+    let docs = records(client, namespace, application).await?;
+    let facts: Vec<_> = docs
+        .iter()
+        .filter_map(stagecoach_engine::dora::facts_of_document)
+        .collect();
+    let until = chrono::Utc::now();
+    let report = stagecoach_engine::dora::report(&facts, until - window, until);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text | Format::Markdown => {
+            let last_stage = facts
+                .iter()
+                .rev()
+                .find_map(|f| f.last_stage.clone())
+                .unwrap_or_else(|| "the last stage".to_owned());
+            print!(
+                "{}",
+                changelog::dora_text(
+                    application,
+                    &namespace_of(client, namespace),
+                    &last_stage,
+                    docs.len(),
+                    &report
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A client for the kubeconfig's cluster and user, impersonating `--as` if given.
 async fn connect(cli: &Cli) -> Result<Client> {
     let mut config = Config::infer()
@@ -303,6 +429,16 @@ async fn run(cli: Cli) -> Result<()> {
             };
             decide_stage(client, ns, &release, &ask).await
         }
+        Command::Changelog {
+            application,
+            format,
+            limit,
+        } => show_changelog(&client, ns, &application, format, limit).await,
+        Command::Dora {
+            application,
+            since,
+            format,
+        } => show_dora(&client, ns, &application, &since, format).await,
         Command::Reject {
             release,
             stage,

@@ -245,6 +245,7 @@ pub(crate) mod tests {
             "window" => include_str!("../tests/fixtures/window.json"),
             "rejected" => include_str!("../tests/fixtures/rejected.json"),
             "new" => include_str!("../tests/fixtures/new.json"),
+            "succeeded" => include_str!("../tests/fixtures/succeeded.json"),
             other => panic!("no fixture {other}"),
         };
         serde_json::from_str(text).expect(name)

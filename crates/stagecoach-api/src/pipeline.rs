@@ -73,6 +73,31 @@ pub struct PipelineSpec {
         "message": "receiver names must be unique within a pipeline"
     }]))]
     pub notifications: Vec<Receiver>,
+
+    /// How long the audit records of the application's releases are kept (the immutable
+    /// ConfigMaps written when a release ends). Default: forever. Records beyond count, or
+    /// older than age, are deleted, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Which audit records of an application are kept. Set count, age or both: a record goes
+/// when either says so.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.count) || has(self.age)",
+    "message": "retention sets count, age or both"
+}]))]
+pub struct Retention {
+    /// Keep at most this many records, the newest (by the time the release ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub count: Option<i32>,
+    /// Keep records of releases that ended at most this long ago, such as 2160h (90 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [crate::duration::cel_rule("retention age")]))]
+    pub age: Option<String>,
 }
 
 /// One stage of the pipeline.

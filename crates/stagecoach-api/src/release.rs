@@ -193,6 +193,10 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub authors: Vec<String>,
+    /// When the change was merged, such as 2026-11-20T14:03:00Z. The DORA lead time for
+    /// changes counts from here (from the Release's creation when not given).
+    #[serde(rename = "mergedAt", default, skip_serializing_if = "Option::is_none")]
+    pub merged_at: Option<DateTime<Utc>>,
 }
 
 /// A Deployment the release changes.

@@ -35,6 +35,10 @@ pub enum ReconcileError {
     #[error("cannot update the finalizer: {0}")]
     Finalizer(#[source] Box<kube::Error>),
 
+    /// Writing the audit record ConfigMap of a release that ended failed.
+    #[error("cannot write the audit record: {0}")]
+    WriteRecord(#[source] Box<kube::Error>),
+
     /// Writing or deleting a flag-set ConfigMap in a stage namespace failed.
     #[error("cannot {action} the flag set in namespace {namespace}: {source}")]
     WriteFlagSet {
@@ -56,6 +60,7 @@ impl ReconcileError {
             Self::ApplyWorkload { .. } => "apply_workload",
             Self::WriteFlagSet { .. } => "write_flag_set",
             Self::Finalizer(_) => "finalizer",
+            Self::WriteRecord(_) => "write_record",
         }
     }
 
@@ -68,7 +73,8 @@ impl ReconcileError {
             | Self::PublishEvent(_)
             | Self::ApplyWorkload { .. }
             | Self::WriteFlagSet { .. }
-            | Self::Finalizer(_) => true,
+            | Self::Finalizer(_)
+            | Self::WriteRecord(_) => true,
         }
     }
 
@@ -84,7 +90,9 @@ impl ReconcileError {
             Self::PatchStatus(source)
             | Self::PublishEvent(source)
             | Self::WriteFlagSet { source, .. } => !is_weather(source),
-            Self::ApplyWorkload { source, .. } | Self::Finalizer(source) => !is_weather(source),
+            Self::ApplyWorkload { source, .. }
+            | Self::Finalizer(source)
+            | Self::WriteRecord(source) => !is_weather(source),
         }
     }
 
@@ -107,7 +115,9 @@ impl ReconcileError {
                 source: kube::Error::Api(status),
                 ..
             } => Some(status.code),
-            Self::ApplyWorkload { source, .. } | Self::Finalizer(source) => match source.as_ref() {
+            Self::ApplyWorkload { source, .. }
+            | Self::Finalizer(source)
+            | Self::WriteRecord(source) => match source.as_ref() {
                 kube::Error::Api(status) => Some(status.code),
                 _ => None,
             },

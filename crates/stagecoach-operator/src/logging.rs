@@ -20,11 +20,19 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::cli::LogFormat;
 
+/// The target of the audit log lines.
+pub const AUDIT_TARGET: &str = "stagecoach::audit";
+
 /// Installs the global subscriber. Logs go to stdout, one line per event.
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::builder()
+    let mut filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env()?;
+    // The audit log (one line per decision, see crate::audit) is a record, not a debug
+    // aid: RUST_LOG=warn does not silence it, only a directive naming its target does.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains(AUDIT_TARGET)) {
+        filter = filter.add_directive(format!("{AUDIT_TARGET}=info").parse()?);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal());

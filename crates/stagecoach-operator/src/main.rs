@@ -1,6 +1,8 @@
 //! `stagecoach`: the Stagecoach operator binary.
 
 mod admin;
+mod archive;
+mod audit;
 mod cli;
 mod context;
 mod controller;

@@ -342,6 +342,14 @@ impl Metrics {
         &self.toggles
     }
 
+    /// Registers metrics owned by another module (the DORA gauges of `archive`).
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
     /// All metrics in the Prometheus text exposition format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();

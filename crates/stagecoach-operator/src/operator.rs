@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::admin::{self, Readiness};
+use crate::archive;
 use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::controller::scoped::Cache;
@@ -212,6 +213,18 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     )
     .context("cannot set up the HTTP client for notifications")?;
     let _notify_worker = notify::spawn(notify_worker);
+    // Audit records: the release reconcile writes a release's record when it has ended;
+    // a watch of the records keeps the DORA gauges, and the leader applies the
+    // Pipelines' retention (see archive).
+    let (archiver, _archive_tasks) = archive::Archiver::start(
+        client.clone(),
+        namespace,
+        &metrics,
+        readiness.cache("Record"),
+        pipeline_cache.clone(),
+        leadership.clone(),
+    )
+    .context("cannot register the DORA metrics")?;
     let release_ctx = Arc::new(release::ReleaseContext {
         base: ctx.clone(),
         releases: release_cache.clone(),
@@ -224,6 +237,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         },
         fence: controller::fence::WriteFence::default(),
         notifier,
+        archiver,
     });
     let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
         move |namespace: Option<String>| {

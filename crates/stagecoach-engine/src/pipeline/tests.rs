@@ -394,6 +394,7 @@ fn arb_pipeline() -> impl Strategy<Value = PipelineSpec> {
             release_types: None,
             freezes: Vec::new(),
             notifications: Vec::new(),
+            retention: None,
         })
 }
 

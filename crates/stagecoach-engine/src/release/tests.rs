@@ -2321,6 +2321,7 @@ mod policy {
             title: "t".into(),
             url: None,
             authors: vec!["carol".into()],
+            merged_at: None,
         }];
         let old = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
         let approvals = [
@@ -2382,6 +2383,7 @@ mod policy {
             title: "t".into(),
             url: None,
             authors: vec!["carol".into()],
+            merged_at: None,
         }];
         let pipeline = pipeline(json!({}));
         let (status, world, _, now) =

@@ -53,6 +53,8 @@ pub struct ReleaseContext {
     pub fence: WriteFence,
     /// Sends the release's notifications in the background (see [`crate::notify`]).
     pub notifier: crate::notify::Notifier,
+    /// Writes the audit record of a release that ended (see [`crate::archive`]).
+    pub archiver: crate::archive::Archiver,
 }
 
 /// Reconciles one Release: observe -> plan -> apply.
@@ -239,6 +241,15 @@ async fn reconcile_release(
     if let Some(soon) = ctx.notifier.dispatch(release, &plan.status, pipeline_spec) {
         plan.requeue_after = Some(plan.requeue_after.map_or(soon, |r| r.min(soon)));
     }
+    // A release that ended gets its audit record; before the finalizer goes, so deleting
+    // the Release right after it ended still leaves the record.
+    if let Some(soon) = ctx
+        .archiver
+        .archive(release, &plan.status, governing, deleting)
+        .await?
+    {
+        plan.requeue_after = Some(plan.requeue_after.map_or(soon, |r| r.min(soon)));
+    }
     let terminal = plan.status.phase.is_some_and(ReleasePhase::is_terminal);
     if deleting && terminal && plan.actions.is_empty() {
         // Converged: every stage is where the release leaves it. Drop what only this
@@ -349,6 +360,7 @@ async fn record(
     ctx.fence.wrote(fence_key(key), version.as_deref());
     record_metrics(ctx, plan);
     crate::telemetry::release_recorded(&ctx.base.metrics, release, current, plan);
+    crate::audit::release_recorded(release, current, &plan.status);
     publish_events(ctx, release, plan).await;
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     announce_acceptance(
