@@ -319,6 +319,24 @@ pub fn run(keep_running: bool) -> Result<()> {
     policy_act(&kubeconfig, &plugin, &operator)?;
 
     show_results(&kubeconfig)?;
+    // What outlives the Releases: their audit records, as release notes for clients
+    // (releases still in early life support have none yet).
+    println!("\nrelease notes from the audit records (immutable ConfigMaps):");
+    for application in ["billing", "payments"] {
+        run_plugin(
+            &plugin,
+            &kubeconfig,
+            None,
+            &[
+                "-n",
+                application,
+                "changelog",
+                application,
+                "--format",
+                "markdown",
+            ],
+        )?;
+    }
     if keep_running {
         println!(
             "  curl -s -X POST http://{}{}/ofrep/v1/evaluate/flags/new-invoice-ui -d '{{\"context\":{{\"targetingKey\":\"u1\",\"clientId\":\"acme\"}}}}'",
