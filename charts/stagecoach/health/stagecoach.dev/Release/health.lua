@@ -1,6 +1,7 @@
 -- Argo CD health of a stagecoach.dev Release (Lua 5.1, as Argo CD runs it).
 --   not yet seen by the operator, or an older generation seen  -> Progressing
---   spec not accepted, Stalled (outside edit, rolled back, failed) -> Degraded
+--   spec not accepted, Stalled (outside edit, rolled back, failed, rejected) -> Degraded
+--   Stalled because a gate stayed inconclusive (held for a person) -> Suspended
 --   RolledBack, Failed                                          -> Degraded
 --   Paused, AwaitingApproval, WaitingForWindow                  -> Suspended
 --   Pending, Progressing                                        -> Progressing
@@ -56,6 +57,12 @@ if accepted ~= nil and accepted.status == "False" then
 end
 
 local stalled = condition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" and stalled.reason == "GateInconclusive" then
+  -- Held for a person: a gate could not be measured (Argo Rollouts pauses the same way).
+  hs.status = "Suspended"
+  hs.message = explain(stalled)
+  return hs
+end
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = explain(stalled)
