@@ -224,6 +224,43 @@ fn ensure_wrk() -> Result<()> {
     Ok(())
 }
 
+/// Where Debian's `prometheus` package puts the server.
+const PROMETHEUS_DEBIAN: &str = "/usr/bin/prometheus";
+
+/// The Prometheus server the gate tests and the gate benchmark start (one process per
+/// test, their own configuration): `prometheus` on PATH, else Debian's, installed with
+/// apt-get when missing. The package's service is not needed (nor started here: without
+/// systemd its postinst only enables it).
+fn ensure_prometheus() -> Result<std::path::PathBuf> {
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("prometheus"))
+                .find(|p| p.is_file())
+        })
+    };
+    let debian = std::path::PathBuf::from(PROMETHEUS_DEBIAN);
+    if let Some(found) = on_path().or_else(|| debian.is_file().then(|| debian.clone())) {
+        return Ok(found);
+    }
+    let mut install = Command::new("sh");
+    install.args([
+        "-c",
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus",
+    ]);
+    run(
+        "apt-get install prometheus (Debian's package, for the gate tests: not on PATH yet)",
+        install,
+    )
+    .context(
+        "the gate tests need Prometheus; install it (Debian: apt-get install -y prometheus)",
+    )?;
+    if !debian.is_file() {
+        bail!("{PROMETHEUS_DEBIAN} is still missing after installing the prometheus package");
+    }
+    Ok(debian)
+}
+
 pub(crate) fn run(step: &str, mut cmd: Command) -> Result<()> {
     let started = Instant::now();
     eprintln!("\n==> {step}");
@@ -303,6 +340,7 @@ pub fn run_all(skip_e2e: bool) -> Result<()> {
 /// whatever the outcome.
 fn end_to_end(tally: &mut Tally) -> Result<()> {
     let python = python_sdk()?;
+    let prometheus = ensure_prometheus()?;
 
     eprintln!("\n==> control plane up");
     let bin_dir = build::ensure_binaries(true)?;
@@ -321,6 +359,7 @@ fn end_to_end(tally: &mut Tally) -> Result<()> {
             )
             .env("HELM_BIN", bin_dir.join("helm"))
             .env("STAGECOACH_E2E_PYTHON", &python)
+            .env("PROMETHEUS_BIN", &prometheus)
             .env("STAGECOACH_CLUSTER_DIR", &cluster.dir);
         cmd
     };
@@ -355,10 +394,11 @@ fn end_to_end(tally: &mut Tally) -> Result<()> {
 }
 
 /// `cargo xtask bench`: the benchmarks (rollback latency, step overhead, OFREP
-/// throughput and memory) against a fresh control plane and a release build of the
-/// operator. They print their numbers; they assert nothing about speed.
+/// throughput and memory, gate rollback latency) against a fresh control plane and a
+/// release build of the operator. They print their numbers; they assert nothing about speed.
 pub fn run_benchmarks() -> Result<()> {
     ensure_wrk()?;
+    let prometheus = ensure_prometheus()?;
     run(
         "release build of the operator",
         cargo(&["build", "--release", "-p", "stagecoach-operator"]),
@@ -379,6 +419,8 @@ pub fn run_benchmarks() -> Result<()> {
         "ofrep",
         "--bench",
         "unrelated_pods",
+        "--bench",
+        "gates",
     ]);
     bench
         .env("KUBECONFIG", cluster.kubeconfig())
@@ -386,7 +428,8 @@ pub fn run_benchmarks() -> Result<()> {
             "STAGECOACH_BIN",
             workspace_root().join("target/release/stagecoach"),
         )
-        .env("STAGECOACH_CONTROL_PLANE", &bin_dir);
+        .env("STAGECOACH_CONTROL_PLANE", &bin_dir)
+        .env("PROMETHEUS_BIN", &prometheus);
     let result = run("benchmarks", bench);
     cluster.down()?;
     result

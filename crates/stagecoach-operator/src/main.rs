@@ -8,6 +8,7 @@ mod context;
 mod controller;
 mod error;
 mod events;
+mod gates;
 mod leader;
 mod logging;
 mod metrics;

@@ -26,6 +26,7 @@ pub struct Metrics {
     status_writes: IntCounterVec,
     leader: prometheus::IntGauge,
     notifications: IntCounterVec,
+    gate_evaluations: HistogramVec,
     releases: ReleaseMetrics,
     toggles: ToggleMetrics,
 }
@@ -272,6 +273,18 @@ impl Metrics {
                     .with_label_values(&[stagecoach_engine::notify::event_name(event), outcome]);
             }
         }
+        let gate_evaluations = HistogramVec::new(
+            HistogramOpts::new(
+                "stagecoach_gate_evaluation_duration_seconds",
+                "Time one gate evaluation took (a query, a request, a Job from creation to \
+                 its end), by provider (prometheus, http, job) and verdict.",
+            )
+            .buckets(vec![
+                0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            ]),
+            &["provider", "verdict"],
+        )?;
+        registry.register(Box::new(gate_evaluations.clone()))?;
         // Every kind shows up from the start, with 0, so that a scrape before the first
         // reconcile (or a test comparing before and after) finds the series.
         for kind in KINDS {
@@ -289,6 +302,7 @@ impl Metrics {
             status_writes,
             leader,
             notifications,
+            gate_evaluations,
             releases,
             toggles,
         })
@@ -320,6 +334,14 @@ impl Metrics {
         self.notifications
             .with_label_values(&[event, outcome])
             .inc();
+    }
+
+    /// Records a finished gate evaluation: `provider` is prometheus, http or job, `verdict`
+    /// Passing, Failing or Inconclusive.
+    pub fn gate_evaluated(&self, provider: &str, verdict: &str, took: Duration) {
+        self.gate_evaluations
+            .with_label_values(&[provider, verdict])
+            .observe(took.as_secs_f64());
     }
 
     /// Sets the `stagecoach_leader` gauge.

@@ -27,6 +27,7 @@ use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::controller::scoped::Cache;
 use crate::controller::{self, pipeline, release, toggle, workloads};
+use crate::gates;
 use crate::leader::{self, Elector, Leadership, LeaseConfig, LeaseLost};
 use crate::metrics::Metrics;
 use crate::notify;
@@ -225,6 +226,12 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         leadership.clone(),
     )
     .context("cannot register the DORA metrics")?;
+    // Gates: the reconcile says which gates its release's stage and step want; this run's
+    // evaluator (so the leader's only) measures them in the background and asks for a
+    // reconcile of the release with each new measurement.
+    let (gate_evaluator, gate_triggers) =
+        gates::GateEvaluator::new(client.clone(), metrics.clone(), release_cache.clone())
+            .context("cannot set up the HTTP client for gates")?;
     let release_ctx = Arc::new(release::ReleaseContext {
         base: ctx.clone(),
         releases: release_cache.clone(),
@@ -238,6 +245,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         fence: controller::fence::WriteFence::default(),
         notifier,
         archiver,
+        gates: gate_evaluator,
     });
     let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
         move |namespace: Option<String>| {
@@ -306,6 +314,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         })
         .watches_stream(approval_changes, approval_mapper)
         .reconcile_on(notification_triggers)
+        .reconcile_on(gate_triggers)
         .reconcile_on(release_retriggers)
         .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());

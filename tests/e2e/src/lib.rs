@@ -19,6 +19,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::process::{Child, Command};
 
+pub mod prometheus;
+
 /// Label on every namespace a test creates.
 pub const E2E_LABEL: &str = "stagecoach.dev/e2e";
 

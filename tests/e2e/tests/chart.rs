@@ -590,9 +590,10 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
             !verbs.contains(&"delete")
                 || rule["resources"] == serde_json::json!(["deployments"])
                 || rule["resources"] == serde_json::json!(["configmaps"])
-                || rule["resources"] == serde_json::json!(["controllerrevisions"]),
-            "delete only on Deployments (canaries), ConfigMaps (flag sets) and \
-             ControllerRevisions (a deleted Release's records): {rule}"
+                || rule["resources"] == serde_json::json!(["controllerrevisions"])
+                || rule["resources"] == serde_json::json!(["jobs"]),
+            "delete only on Deployments (canaries), ConfigMaps (flag sets), \
+             ControllerRevisions (a deleted Release's records) and Jobs (job gates): {rule}"
         );
     }
     // The operator reads its resources and writes only their status, plus (patch on
@@ -691,8 +692,8 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
             assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
         }
     }
-    // Secrets: only the OFREP token watch (list + watch, label-selected), never a write
-    // and no get.
+    // Secrets: read only (the OFREP token watch; the one Secret a receiver or a gate
+    // names), never a write.
     let secret_rules: Vec<&Value> = rules
         .iter()
         .filter(|r| {
@@ -707,10 +708,16 @@ async fn chart_rbac_is_least_privilege() -> Result<()> {
         secret_rules,
         [
             &serde_json::json!({"apiGroups": [""], "resources": ["secrets"],
-                             "verbs": ["list", "watch"]})
+                             "verbs": ["get", "list", "watch"]})
         ],
-        "secrets: list and watch only, in a rule of their own"
+        "secrets: read only, in a rule of their own"
     );
+    // Job gates: Jobs created, read and deleted (never changed), their pods' logs read.
+    assert!(writes("jobs", "create") && writes("jobs", "delete") && writes("jobs", "get"));
+    for verb in ["update", "patch"] {
+        assert!(!writes("jobs", verb), "jobs: {verb}");
+    }
+    assert!(writes("pods/log", "get"), "job gates read their pod's log");
     // Leases only in the release namespace (a Role, not the ClusterRole), and only what
     // leader election needs: read, create once, update with a resourceVersion.
     assert!(
@@ -890,7 +897,37 @@ async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
     .await
     .with_context(|| format!("the operator never led; log:\n{}", operator.log_tail(30)))?;
 
-    // A release rolled out to dev, and a toggle served there.
+    // A release rolled out to dev past two gates (a Job; an endpoint asked with a header
+    // from a Secret in dev), and a toggle served there.
+    let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint_url = format!("http://{}/healthy", endpoint.local_addr()?);
+    let endpoint = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/healthy",
+            axum::routing::get(|headers: axum::http::HeaderMap| async move {
+                if headers.get("x-token").is_some_and(|v| v == "t0ken") {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::UNAUTHORIZED
+                }
+            }),
+        );
+        let _ = axum::serve(endpoint, app).await;
+    });
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &dev)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "endpoint-token"}, "stringData": {"token": "t0ken"}}),
+            )?,
+        )
+        .await?;
+    let gates = json!([
+        {"name": "smoke", "interval": "1s", "job": {"image": "example/api-smoke:1.1.0"}},
+        {"name": "endpoint", "interval": "1s", "http": {"url": endpoint_url, "headers": [
+            {"name": "X-Token", "secretRef": {"name": "endpoint-token", "key": "token"}}
+        ]}},
+    ]);
     let dynamic = |kind: &str| {
         Api::<DynamicObject>::namespaced_with(
             client.clone(),
@@ -907,7 +944,7 @@ async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
         "api",
         "1.1.0",
         "example/api:1.1.0",
-        &[json!({"name": "dev", "namespace": dev})],
+        &[json!({"name": "dev", "namespace": dev, "gates": gates})],
     );
     dynamic("Release")
         .create(&PostParams::default(), &serde_json::from_value(release)?)
@@ -973,6 +1010,26 @@ async fn the_operator_works_with_only_the_charts_rbac() -> Result<()> {
         "the operator was refused something it needs; add it to the chart's ClusterRole:\n{log}"
     );
 
+    // Deleting the Release removes its gate Jobs (list and delete).
+    dynamic("Release")
+        .delete("api-1.1.0", &kube::api::DeleteParams::default())
+        .await?;
+    eventually(Duration::from_secs(30), || async {
+        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &dev);
+        let left = jobs
+            .list(
+                &kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=stagecoach"),
+            )
+            .await?
+            .items
+            .into_iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .count();
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .with_context(|| format!("gate Jobs left in {dev}; log:\n{}", operator.log_tail(30)))?;
+    endpoint.abort();
     operator.stop().await?;
     roles
         .delete(&role_name, &kube::api::DeleteParams::default())

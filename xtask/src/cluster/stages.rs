@@ -2,16 +2,23 @@
 //!
 //! kwok (since v0.8) has no built-in behaviour: every transition of a fake node or pod
 //! is a Stage. We take kwok's own node and pod stages from the pinned module
-//! (`kustomize/stage/...`) and add two of ours, used to simulate failing releases:
+//! (`kustomize/stage/...`) and add three of ours, used to simulate failing releases and
+//! gate Jobs:
 //!
 //! - `stagecoach-pod-crashloop`: a pod any of whose images contains `bad` starts, never
-//!   becomes Ready, and reports restarts and CrashLoopBackOff;
+//!   becomes Ready, and reports restarts and CrashLoopBackOff (what a kubelet does with a
+//!   crashing container it restarts: restartPolicy Always or OnFailure);
+//! - `stagecoach-pod-fail`: the same pod with restartPolicy Never (a Job's) fails: phase
+//!   Failed, its container terminated with exit code 1, as a kubelet leaves a container
+//!   it does not restart;
 //! - `stagecoach-pod-turn-unhealthy`: a Ready pod labelled `stagecoach.dev/test-unhealthy`
 //!   (any value) turns NotReady with restarts, so a test can make a healthy release fail
 //!   later (for example during early life support).
 //!
 //! kwok's pod-ready stage is narrowed so it never competes with these (weights are a
-//! random draw among matching stages, so exclusion is the only deterministic choice).
+//! random draw among matching stages, so exclusion is the only deterministic choice), and
+//! its pod-complete stage leaves alone a pod any of whose images contains `hang`: a Job
+//! that runs and never finishes.
 //! Selectors use kwok's JQ form: its CEL environment cannot resolve nested pod types
 //! (`v1.PodCondition`) inside comprehensions.
 
@@ -54,6 +61,9 @@ spec:
       values: ['True']
     - key: '.spec.containers.[].image | select( contains("bad") )'
       operator: 'Exists'
+    - key: '.spec.restartPolicy'
+      operator: 'NotIn'
+      values: ['Never']
   weight: 1
   delay:
     durationMilliseconds: 500
@@ -97,6 +107,72 @@ spec:
             message: "back-off restarting failed container (simulated by kwok: image contains 'bad')"
       {{ end }}
       phase: Running
+      startTime: {{ $now | Quote }}
+"#;
+
+/// A pod with a `bad` image that is never restarted (restartPolicy Never, a Job's) fails.
+const FAIL_STAGE: &str = r#"
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: stagecoach-pod-fail
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending']
+    - key: '.status.conditions.[] | select( .type == "Initialized" ) | .status'
+      operator: 'In'
+      values: ['True']
+    - key: '.spec.containers.[].image | select( contains("bad") )'
+      operator: 'Exists'
+    - key: '.spec.restartPolicy'
+      operator: 'In'
+      values: ['Never']
+  weight: 1
+  delay:
+    durationMilliseconds: 500
+    jitterDurationMilliseconds: 1000
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastProbeTime: null
+        lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Initialized
+      - lastProbeTime: null
+        lastTransitionTime: {{ $now | Quote }}
+        reason: PodFailed
+        status: "False"
+        type: Ready
+      - lastProbeTime: null
+        lastTransitionTime: {{ $now | Quote }}
+        reason: PodFailed
+        status: "False"
+        type: ContainersReady
+      containerStatuses:
+      {{ range $index, $item := .spec.containers }}
+      - image: {{ $item.image | Quote }}
+        name: {{ $item.name | Quote }}
+        ready: false
+        started: false
+        restartCount: 0
+        state:
+          terminated:
+            exitCode: 1
+            reason: Error
+            message: "exited with code 1 (simulated by kwok: image contains 'bad')"
+            startedAt: {{ $now | Quote }}
+            finishedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
       startTime: {{ $now | Quote }}
 "#;
 
@@ -170,13 +246,17 @@ spec:
 const POD_READY_EXCLUSIONS: [&str; 1] =
     [r#".spec.containers.[].image | select( contains("bad") )"#];
 
+/// JQ keys that must not exist for kwok's pod-complete stage: a `hang` image never ends.
+const POD_COMPLETE_EXCLUSIONS: [&str; 1] =
+    [r#".spec.containers.[].image | select( contains("hang") )"#];
+
 fn push_does_not_exist(stage: &mut Value, key: &str) -> Result<()> {
     let expressions = stage
         .get_mut("spec")
         .and_then(|s| s.get_mut("selector"))
         .and_then(|s| s.get_mut("matchExpressions"))
         .and_then(Value::as_sequence_mut)
-        .context("kwok's pod-ready stage has no spec.selector.matchExpressions")?;
+        .context("a kwok pod stage has no spec.selector.matchExpressions")?;
     let mut item = serde_yaml::Mapping::new();
     item.insert("key".into(), key.into());
     item.insert("operator".into(), "DoesNotExist".into());
@@ -197,9 +277,14 @@ pub fn kwok_config(kwok_module: &Path) -> Result<String> {
                 push_does_not_exist(&mut stage, key)?;
             }
         }
+        if file.ends_with("pod-complete.yaml") {
+            for key in POD_COMPLETE_EXCLUSIONS {
+                push_does_not_exist(&mut stage, key)?;
+            }
+        }
         docs.push(serde_yaml::to_string(&stage)?);
     }
-    for own in [CRASHLOOP_STAGE, TURN_UNHEALTHY_STAGE] {
+    for own in [CRASHLOOP_STAGE, FAIL_STAGE, TURN_UNHEALTHY_STAGE] {
         // Parse to fail early on a typo, then keep the text as written.
         let _: Value = serde_yaml::from_str(own)?;
         docs.push(own.trim_start().to_owned());

@@ -55,6 +55,8 @@ pub struct ReleaseContext {
     pub notifier: crate::notify::Notifier,
     /// Writes the audit record of a release that ended (see [`crate::archive`]).
     pub archiver: crate::archive::Archiver,
+    /// Evaluates the current stage's gates in the background (see [`crate::gates`]).
+    pub gates: crate::gates::GateEvaluator,
 }
 
 /// Reconciles one Release: observe -> plan -> apply.
@@ -185,7 +187,12 @@ async fn reconcile_release(
         .observe(&release.name_any(), &release.spec, &stages);
     let others = siblings(release, &ctx.releases);
     let annotations: BTreeMap<String, String> = release.annotations().clone();
-    let gate_measurements = BTreeMap::new();
+    // The latest measurements of the gates of the stage and step the release is at,
+    // taken in the background (a gate not measured yet is missing: Inconclusive).
+    let gates_now = crate::gates::Wanted::of(release, current, &stages, deleting);
+    let gate_measurements = ctx
+        .gates
+        .measurements(&key.namespace, &key.name, gates_now.as_ref());
 
     // Plan (no client required), with the outcomes of notification deliveries folded in.
     let outcomes = ctx.notifier.outcomes(&key.namespace, &key.name);
@@ -241,6 +248,9 @@ async fn reconcile_release(
     if let Some(soon) = ctx.notifier.dispatch(release, &plan.status, pipeline_spec) {
         plan.requeue_after = Some(plan.requeue_after.map_or(soon, |r| r.min(soon)));
     }
+    // The gates the planned status calls for are evaluated from now on; the others stop.
+    let gates_next = crate::gates::Wanted::of(release, Some(&plan.status), &stages, deleting);
+    ctx.gates.want(&key.namespace, &key.name, gates_next);
     // A release that ended gets its audit record; before the finalizer goes, so deleting
     // the Release right after it ended still leaves the record.
     if let Some(soon) = ctx
@@ -261,6 +271,8 @@ async fn reconcile_release(
             &stages,
         )
         .await?;
+        crate::gates::delete_release_jobs(&ctx.base.client, &key.namespace, &key.name, &stages)
+            .await?;
         set_finalizer(ctx, key, false).await?;
         info!("cleaned up; the Release can go");
         return Ok(Action::await_change());
