@@ -64,6 +64,7 @@ struct Indexed {
     application: String,
     release: String,
     version: String,
+    digest: String,
     /// When the release ended; the ConfigMap's creation when the annotation is missing.
     completed_at: Option<DateTime<Utc>>,
     facts: Option<Facts>,
@@ -169,6 +170,12 @@ fn index_entry(config_map: &ConfigMap) -> Option<(RecordKey, Indexed)> {
             .get(record::VERSION_ANNOTATION)
             .cloned()
             .unwrap_or_default(),
+        digest: document
+            .as_ref()
+            .and_then(|d| d.get("digest"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         completed_at,
         facts: document.as_ref().and_then(dora::facts_of_document),
     };
@@ -503,12 +510,15 @@ async fn watch_records(
         };
         if changed {
             // What the index shows needs no memory of its own any more.
-            let uids = index.lock().uids.clone();
-            shared
+            let mut written = shared
                 .written
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|uid| !uids.contains(uid));
+                .unwrap_or_else(PoisonError::into_inner);
+            if !written.is_empty() {
+                let records = index.lock();
+                written.retain(|uid| !records.uids.contains(uid));
+            }
+            drop(written);
             gauges.refresh(&index, Utc::now());
             // A new record may put an older one beyond its Pipeline's retention.
             shared.wake.notify_one();
@@ -558,7 +568,7 @@ async fn retain(
                                     name: &record.release,
                                     application: &application,
                                     version: &record.version,
-                                    digest: "",
+                                    digest: &record.digest,
                                 },
                                 &Entry {
                                     at: status_now(),
