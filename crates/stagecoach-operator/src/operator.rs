@@ -177,10 +177,11 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     );
     // The policy side of releases: Pipelines and Approvals in the watched namespaces.
 
+    let approval_sync = readiness.cache("Approval");
     let (approval_cache, approval_changes) = controller::cached_watch_with(
         scoped_api::<Approval>(&client, namespace),
         kube::runtime::watcher::Config::default(),
-        readiness.cache("Approval"),
+        approval_sync.clone(),
         controller::ManagedFields::Drop,
     );
     let flag_index = FlagIndex::new(toggle_cache.clone());
@@ -237,6 +238,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         releases: release_cache.clone(),
         pipelines: pipeline_cache.clone(),
         approvals: approval_cache,
+        policy_synced: [pipeline_sync.clone(), approval_sync],
         caches: workloads::WorkloadCaches {
             deployments: deployment_cache,
             pods: pod_cache,

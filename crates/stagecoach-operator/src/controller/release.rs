@@ -22,6 +22,7 @@ use super::workloads::{self, WorkloadCaches};
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
+use crate::admin::CacheSync;
 use crate::context::Context;
 use crate::error::ReconcileError;
 use crate::retry::ObjectKey;
@@ -48,6 +49,10 @@ pub struct ReleaseContext {
     /// Pipelines (the policy releases follow) and Approvals (decisions about releases).
     pub pipelines: Store<Pipeline>,
     pub approvals: Store<Approval>,
+    /// The first lists of Pipelines and Approvals: no release is planned before both, or
+    /// a release governed by a Pipeline could be planned as if it had none (no approvals,
+    /// no windows) right after a start.
+    pub policy_synced: [CacheSync; 2],
     pub caches: WorkloadCaches,
     /// The resource versions of this operator's last writes (see [`WriteFence`]).
     pub fence: WriteFence,
@@ -132,6 +137,9 @@ async fn reconcile_release(
     let has_finalizer = release.finalizers().iter().any(|f| f == FINALIZER);
     if deleting && !has_finalizer {
         return Ok(Action::await_change());
+    }
+    for synced in &ctx.policy_synced {
+        synced.wait().await;
     }
     // The policy: the application's Pipeline (from the cache; a Pipeline change
     // re-reconciles its releases) and the Approvals naming this release.
