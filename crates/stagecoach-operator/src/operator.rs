@@ -276,28 +276,29 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     });
     // A deleted Pipeline: its application's releases and the other Pipelines claiming
     // it look again (the second of two claimants is in force again, say).
-    let pipeline_deletions = {
-        let (releases, pipelines) = (release_cache.clone(), pipeline_cache.clone());
-        let (release_triggers, pipeline_triggers) = (
-            pipeline_ctx.release_triggers.clone(),
-            pipeline_ctx.pipeline_triggers.clone(),
-        );
-        async move {
-            while let Some(gone) = deleted_pipelines.recv().await {
-                let application = gone.application().to_owned();
-                for r in releases.state().iter().filter(|r| {
-                    r.namespace() == gone.namespace() && r.spec.application == application
-                }) {
-                    let _ = release_triggers.send(ObjectRef::from_obj(r.as_ref()));
-                }
-                for p in pipelines.state().iter().filter(|p| {
-                    p.namespace() == gone.namespace() && p.application() == application
-                }) {
-                    let _ = pipeline_triggers.send(ObjectRef::from_obj(p.as_ref()));
+    let pipeline_deletions =
+        {
+            let (releases, pipelines) = (release_cache.clone(), pipeline_cache.clone());
+            let (release_triggers, pipeline_triggers) = (
+                pipeline_ctx.release_triggers.clone(),
+                pipeline_ctx.pipeline_triggers.clone(),
+            );
+            async move {
+                while let Some(gone) = deleted_pipelines.recv().await {
+                    let application = gone.application().to_owned();
+                    for r in releases.state().iter().filter(|r| {
+                        r.namespace() == gone.namespace() && r.spec.application == application
+                    }) {
+                        let _ = release_triggers.send(ObjectRef::from_obj(r.as_ref()));
+                    }
+                    for p in pipelines.state().iter().filter(|p| {
+                        p.namespace() == gone.namespace() && p.application() == application
+                    }) {
+                        let _ = pipeline_triggers.send(ObjectRef::from_obj(p.as_ref()));
+                    }
                 }
             }
-        }
-    };
+        };
     let pipelines = Controller::for_stream(pipeline_changes, pipeline_cache.clone())
         .reconcile_on(pipeline_retriggers)
         .reconcile_all_on(leadership.promotions())
