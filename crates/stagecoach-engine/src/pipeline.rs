@@ -471,3 +471,82 @@ pub fn check_pipeline(
     let stages = merge(&probe, name, spec)?;
     crate::admission::check_release_in(&probe, &stages)
 }
+
+/// Type of the Pipeline condition about its notification receivers.
+pub const NOTIFICATIONS_READY: &str = "NotificationsReady";
+
+/// What the operator found about one receiver's Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretCheck {
+    /// The receiver names no Secret.
+    NotNeeded,
+    /// The Secret and its key exist.
+    Found,
+    /// No Secret of that name in the Pipeline's namespace.
+    MissingSecret,
+    /// The Secret exists without the key.
+    MissingKey,
+    /// It could not be read (the message says why).
+    Unreadable(String),
+}
+
+/// The `NotificationsReady` condition: True when every receiver's Secret and key exist,
+/// else False naming each receiver and what is wrong. A broken receiver never blocks a
+/// rollout; only a major release's notice waits for its Announced delivery.
+pub fn notifications_condition(
+    spec: &PipelineSpec,
+    checks: &[(String, SecretCheck)],
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> stagecoach_api::condition::Condition {
+    use stagecoach_api::condition::{Condition, ConditionStatus};
+    let mut problems = Vec::new();
+    for receiver in &spec.notifications {
+        let Some(secret) = &receiver.webhook.secret_ref else {
+            continue;
+        };
+        let check = checks
+            .iter()
+            .find(|(name, _)| *name == receiver.name)
+            .map_or(&SecretCheck::NotNeeded, |(_, c)| c);
+        let problem = match check {
+            SecretCheck::NotNeeded | SecretCheck::Found => continue,
+            SecretCheck::MissingSecret => format!("Secret {} not found", secret.name),
+            SecretCheck::MissingKey => {
+                format!("Secret {} has no key {}", secret.name, secret.key)
+            }
+            SecretCheck::Unreadable(why) => format!("Secret {} unreadable: {why}", secret.name),
+        };
+        problems.push(format!("receiver {}: {problem}", receiver.name));
+    }
+    if problems.is_empty() {
+        let message = if spec.notifications.is_empty() {
+            "no receivers".to_owned()
+        } else {
+            format!(
+                "{} receiver(s), every Secret in place",
+                spec.notifications.len()
+            )
+        };
+        Condition::new(
+            NOTIFICATIONS_READY,
+            ConditionStatus::True,
+            "ReceiversReady",
+            message,
+            generation,
+            now,
+        )
+    } else {
+        Condition::new(
+            NOTIFICATIONS_READY,
+            ConditionStatus::False,
+            "ReceiverSecretMissing",
+            format!(
+                "{}; their notifications fail until it is fixed (rollouts go on; a major release's notice waits for its Announced delivery)",
+                problems.join("; ")
+            ),
+            generation,
+            now,
+        )
+    }
+}

@@ -693,6 +693,56 @@ async fn a_pipeline_reports_itself_in_force_and_two_for_one_application_hold_its
     ensure!(
         in_force.status.as_ref().and_then(|s| s.stages.as_deref()) == Some("dev, qa, demo, prod")
     );
+    // A receiver whose Secret does not exist is named in a condition, until it does.
+    let mut with_receiver = pipeline_doc(
+        &fixture,
+        &json!({"notifications": [
+            {"name": "clients", "webhook": {"url": "https://hooks.example.com/clients",
+                                            "secretRef": {"name": "client-hook", "key": "token"}}}
+        ]}),
+    );
+    with_receiver["metadata"]["name"] = json!(APP);
+    apply(&api, with_receiver).await?;
+    let notifications = |p: &stagecoach_api::Pipeline| {
+        p.status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.r#type == "NotificationsReady")
+            })
+            .map(|c| (c.status, c.message.clone()))
+    };
+    let broken = eventually(Duration::from_secs(30), || async {
+        let p = api.get(APP).await?;
+        Ok(notifications(&p).filter(|(s, _)| *s == stagecoach_api::ConditionStatus::False))
+    })
+    .await?;
+    ensure!(
+        broken
+            .1
+            .contains("receiver clients: Secret client-hook not found"),
+        "{}",
+        broken.1
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(fixture.client.clone(), &fixture.pipeline.home.name);
+    apply(
+        &secrets,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "client-hook", "namespace": fixture.pipeline.home.name},
+               "stringData": {"token": "s3cret"}}),
+    )
+    .await?;
+    eventually(Duration::from_secs(40), || async {
+        let p = api.get(APP).await?;
+        Ok(notifications(&p)
+            .is_some_and(|(s, _)| s == stagecoach_api::ConditionStatus::True)
+            .then_some(()))
+    })
+    .await
+    .context("the condition did not clear once the Secret existed")?;
+
     // A second Pipeline for the same application: both say so, and releases wait.
     let mut second = pipeline_doc(&fixture, &json!({}));
     second["metadata"]["name"] = json!("shop-too");

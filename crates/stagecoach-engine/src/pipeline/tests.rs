@@ -483,3 +483,50 @@ fn a_pipeline_is_in_force_unless_shared_or_unusable() {
     let status = pipeline_status("billing", &spec, &["billing".into()], None, Some(3), now);
     assert_eq!(status.conditions[0].reason, IN_FORCE);
 }
+
+#[test]
+fn a_receiver_without_its_secret_is_named_in_a_condition() {
+    let mut spec = pipeline();
+    spec.notifications = serde_json::from_value(json!([
+        {"name": "clients", "webhook": {"url": "https://hooks.example.com/a", "secretRef": {"name": "hook", "key": "token"}}},
+        {"name": "ops", "webhook": {"url": "https://hooks.example.com/b", "secretRef": {"name": "ops-hook", "key": "token"}}},
+        {"name": "open", "webhook": {"url": "https://hooks.example.com/c"}}
+    ]))
+    .unwrap();
+    let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let ok = notifications_condition(
+        &spec,
+        &[
+            ("clients".into(), SecretCheck::Found),
+            ("ops".into(), SecretCheck::Found),
+        ],
+        Some(1),
+        now,
+    );
+    assert_eq!(ok.status, stagecoach_api::ConditionStatus::True);
+    let broken = notifications_condition(
+        &spec,
+        &[
+            ("clients".into(), SecretCheck::MissingSecret),
+            ("ops".into(), SecretCheck::MissingKey),
+        ],
+        Some(1),
+        now,
+    );
+    assert_eq!(broken.status, stagecoach_api::ConditionStatus::False);
+    assert!(
+        broken
+            .message
+            .contains("receiver clients: Secret hook not found"),
+        "{}",
+        broken.message
+    );
+    assert!(
+        broken
+            .message
+            .contains("receiver ops: Secret ops-hook has no key token"),
+        "{}",
+        broken.message
+    );
+    assert!(!broken.message.contains("open"), "{}", broken.message);
+}

@@ -11,8 +11,9 @@ use futures::Stream;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
+use stagecoach_api::condition::{self, ConditionStatus};
 use stagecoach_api::{Pipeline, Release};
-use stagecoach_engine::pipeline::pipeline_status;
+use stagecoach_engine::pipeline::{SecretCheck, notifications_condition, pipeline_status};
 use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
@@ -97,14 +98,22 @@ async fn reconcile_pipeline(
     claimants.sort();
 
     let current = pipeline.status.as_ref();
-    let desired = pipeline_status(
+    let now = status_now();
+    let mut desired = pipeline_status(
         &pipeline.name_any(),
         &pipeline.spec,
         &claimants,
         current,
         pipeline.metadata.generation,
-        status_now(),
+        now,
     );
+    // The receivers' Secrets: a missing one is named in a condition (a Secret change does
+    // not trigger this reconcile, so a problem is looked at again every 15 s).
+    let checks = receiver_secrets(ctx, namespace.as_deref().unwrap_or_default(), pipeline).await;
+    let notifications =
+        notifications_condition(&pipeline.spec, &checks, pipeline.metadata.generation, now);
+    let receivers_broken = notifications.status == ConditionStatus::False;
+    condition::upsert(&mut desired.conditions, notifications);
     if current != Some(&desired) {
         apply_status::<Pipeline>(&ctx.base, key, &desired).await?;
         let ready = desired.conditions.iter().find(|c| c.r#type == "Ready");
@@ -143,7 +152,51 @@ async fn reconcile_pipeline(
             let _ = ctx.pipeline_triggers.send(reference);
         }
     }
-    Ok(Action::requeue(RESYNC_INTERVAL))
+    Ok(Action::requeue(if receivers_broken {
+        RECEIVER_RECHECK
+    } else {
+        RESYNC_INTERVAL
+    }))
+}
+
+/// How soon a Pipeline with a missing receiver Secret is looked at again.
+const RECEIVER_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Reads each receiver's Secret (only those that name one).
+async fn receiver_secrets(
+    ctx: &PipelineContext,
+    namespace: &str,
+    pipeline: &Pipeline,
+) -> Vec<(String, SecretCheck)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(ctx.base.client.clone(), namespace);
+    let mut checks = Vec::new();
+    for receiver in &pipeline.spec.notifications {
+        let Some(reference) = &receiver.webhook.secret_ref else {
+            continue;
+        };
+        let check = match api.get_opt(&reference.name).await {
+            Ok(None) => SecretCheck::MissingSecret,
+            Ok(Some(secret)) => {
+                let has_key = secret
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&reference.key))
+                    || secret
+                        .string_data
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key(&reference.key));
+                if has_key {
+                    SecretCheck::Found
+                } else {
+                    SecretCheck::MissingKey
+                }
+            }
+            Err(error) => SecretCheck::Unreadable(error.to_string()),
+        };
+        checks.push((receiver.name.clone(), check));
+    }
+    checks
 }
 
 /// Retries with backoff, as the other controllers do.

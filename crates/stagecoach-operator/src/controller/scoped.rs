@@ -37,13 +37,16 @@ pub enum Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
     Namespaces(NamespacedCache<K>),
 }
 
+/// Each watched namespace's store and first-list flag.
+type Stores<K> = HashMap<String, (Store<K>, CacheSync)>;
+
 /// One reflector per namespace, started when a Release first names the namespace.
 #[derive(Clone)]
 pub struct NamespacedCache<K: Resource<DynamicType = ()> + Clone + 'static> {
     client: Client,
     config: watcher::Config,
     managed_fields: ManagedFields,
-    stores: Arc<Mutex<HashMap<String, (Store<K>, CacheSync)>>>,
+    stores: Arc<Mutex<Stores<K>>>,
     changed: mpsc::UnboundedSender<K>,
 }
 
@@ -194,7 +197,7 @@ where
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> NamespacedCache<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Store<K>, CacheSync)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stores<K>> {
         // A poisoned lock only means a panic elsewhere mid-insert of a map of handles.
         self.stores.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -103,6 +103,7 @@ pub struct ToggleContext {
 }
 
 impl ToggleContext {
+    #[allow(clippy::too_many_arguments)] // the caches and channels it is wired to, once
     pub fn new(
         base: Arc<Context>,
         toggles: Store<FeatureToggle>,
