@@ -4,16 +4,23 @@
 //! plane; installs the CRDs and admission policy, starts the operator, applies
 //! `examples/` and shows what the operator made of them, in three acts: two releases
 //! travel, a failing one is rolled back, and the policy of `examples/policy/` (approvals
-//! checked by the API server, a release window) holds releases back.
+//! checked by the API server, a release window) holds releases back while a webhook the
+//! demo runs itself hears about every event of payments' releases.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
+use serde_json::Value;
+use sha2::Sha256;
 
 use crate::cluster::{Cluster, kubectl, kubectl_apply};
 use crate::workspace_root;
@@ -593,29 +600,76 @@ fn reset_policy_act(kubeconfig: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A notification receiver of a Pipeline in examples/policy/, as the demo pointed it at
+/// its own.
+struct Hook {
+    name: String,
+    /// The path of its URL, which the demo keeps: posts to it are this receiver's.
+    path: String,
+    slack: bool,
+    /// The Secret it names and the token that Secret holds (from the examples).
+    signing: Option<(String, String)>,
+}
+
 /// Applies examples/policy/ file by file, in name order; windows in a Pipeline are moved
-/// to `day`, so that a major release certainly waits while the demo runs.
-fn apply_policy_examples(kubeconfig: &Path, day: &str) -> Result<()> {
+/// to `day`, so that a major release certainly waits while the demo runs, and the webhook
+/// of each notification receiver is pointed at `receiver` (the path kept).
+fn apply_policy_examples(kubeconfig: &Path, day: &str, receiver: SocketAddr) -> Result<Vec<Hook>> {
     let dir = workspace_root().join("examples/policy");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()?;
     files.retain(|f| f.extension().is_some_and(|e| e == "yaml"));
     files.sort();
+    // (Secret, key) -> value, from the Secrets' stringData.
+    let mut secrets = BTreeMap::new();
+    // Each receiver with the (Secret, key) it names.
+    let mut hooks = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         let mut manifest = String::new();
         for document in serde_yaml::Deserializer::from_str(&text) {
-            let mut doc = serde_json::Value::deserialize(document)
+            let mut doc = Value::deserialize(document)
                 .with_context(|| format!("reading {}", file.display()))?;
+            if doc["kind"] == "Secret" {
+                let name = text_of(&doc["metadata"]["name"]);
+                for (key, value) in doc["stringData"].as_object().into_iter().flatten() {
+                    let value = value.as_str().unwrap_or_default().trim().to_owned();
+                    secrets.insert((name.clone(), key.clone()), value);
+                }
+            }
             if doc["kind"] == "Pipeline" {
                 for kind in ["patch", "minor", "major"] {
                     let windows = doc
                         .pointer_mut(&format!("/spec/releaseTypes/{kind}/windows"))
-                        .and_then(serde_json::Value::as_array_mut);
+                        .and_then(Value::as_array_mut);
                     for window in windows.into_iter().flatten() {
                         window["days"] = serde_json::json!([day]);
                     }
+                }
+                let receivers = doc
+                    .pointer_mut("/spec/notifications")
+                    .and_then(Value::as_array_mut);
+                for hook in receivers.into_iter().flatten() {
+                    let url = text_of(&hook["webhook"]["url"]);
+                    let path = url
+                        .split_once("://")
+                        .and_then(|(_, rest)| rest.find('/').map(|at| rest[at..].to_owned()))
+                        .unwrap_or_else(|| "/".to_owned());
+                    let local = format!("http://{receiver}{path}");
+                    eprintln!("  (receiver {url} moved to the demo's: {local})");
+                    hook["webhook"]["url"] = Value::String(local);
+                    let secret = &hook["webhook"]["secretRef"];
+                    let secret = secret["name"].as_str().zip(secret["key"].as_str());
+                    hooks.push((
+                        Hook {
+                            name: text_of(&hook["name"]),
+                            path,
+                            slack: hook["webhook"]["format"] == "slack",
+                            signing: None,
+                        },
+                        secret.map(|(n, k)| (n.to_owned(), k.to_owned())),
+                    ));
                 }
             }
             manifest.push_str("---\n");
@@ -625,7 +679,16 @@ fn apply_policy_examples(kubeconfig: &Path, day: &str) -> Result<()> {
             eprintln!("  {line}");
         }
     }
-    Ok(())
+    Ok(hooks
+        .into_iter()
+        .map(|(mut hook, secret)| {
+            hook.signing = secret.and_then(|(name, key)| {
+                let token = secrets.get(&(name.clone(), key))?.clone();
+                Some((name, token))
+            });
+            hook
+        })
+        .collect())
 }
 
 /// Act three: what a Pipeline holds releases to, on the real control plane. payments
@@ -634,7 +697,8 @@ fn policy_act(kubeconfig: &Path, plugin: &Path, operator: &OperatorProcess) -> R
     eprintln!("\n=== act 3: the policy ===");
     eprintln!(
         "payments' Pipeline wants two approvals for prod (RBAC: rita and sam may approve, \
-         dave may not);\nledger's lets a major release into prod only in its window"
+         dave may not) and tells a webhook about every event;\nledger's lets a major \
+         release into prod only in its window"
     );
     reset_policy_act(kubeconfig)?;
     let day = tomorrow_utc();
@@ -642,7 +706,8 @@ fn policy_act(kubeconfig: &Path, plugin: &Path, operator: &OperatorProcess) -> R
         "\napplying examples/policy/ (ledger's window moved to tomorrow, {day}, so it is \
          closed while the demo runs)"
     );
-    apply_policy_examples(kubeconfig, day)?;
+    let receiver = Receiver::start()?;
+    let hooks = apply_policy_examples(kubeconfig, day, receiver.addr)?;
     std::fs::create_dir_all(snapshot_dir())?;
 
     eprintln!("\nwatching {APPROVED} and {MAJOR} travel until the policy holds them");
@@ -669,6 +734,7 @@ fn policy_act(kubeconfig: &Path, plugin: &Path, operator: &OperatorProcess) -> R
     approved(kubeconfig, plugin, operator)?;
     rejected(kubeconfig, plugin, operator)?;
     waiting_for_window(kubeconfig, plugin)?;
+    notifications_received(kubeconfig, &receiver, &hooks)?;
     eprintln!(
         "\nthe policy act's releases and pipelines as they were while waiting: {}",
         snapshot_dir().display()
@@ -889,4 +955,346 @@ fn waiting_for_window(kubeconfig: &Path, plugin: &Path) -> Result<()> {
     )?;
     run_plugin(plugin, kubeconfig, None, &["-n", "ledger", "status", MAJOR])?;
     Ok(())
+}
+
+// ----- act 3: the webhook payments' Pipeline notifies ----------------------------------
+
+/// One POST the demo's receiver got.
+#[derive(Clone)]
+struct Received {
+    path: String,
+    /// Header names in lower case.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A webhook on 127.0.0.1 (the operator runs on this machine): an HTTP/1.1 server that
+/// records every POST and answers 200, one request per connection.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start() -> Result<Self> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").context("starting the notification receiver")?;
+        let addr = listener.local_addr()?;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let book = Arc::clone(&got);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let book = Arc::clone(&book);
+                // A request it cannot read gets no answer, and the operator tries again.
+                std::thread::spawn(move || serve(stream, &book));
+            }
+        });
+        Ok(Self { addr, got })
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Reads one request (request line, headers, a body of Content-Length bytes), records a
+/// POST and answers it 200 (anything else 405), then closes the connection.
+fn serve(stream: TcpStream, book: &Mutex<Vec<Received>>) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let post = line.starts_with("POST ");
+    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the connection closed in the headers");
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    if length > 4 << 20 {
+        bail!("a body of {length} bytes");
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let status = if post {
+        book.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Received {
+                path,
+                headers,
+                body,
+            });
+        "200 OK"
+    } else {
+        "405 Method Not Allowed"
+    };
+    let mut stream = stream;
+    stream.write_all(
+        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// `sha256=<hex>`: HMAC-SHA256 of `body` keyed with `token`, what X-Stagecoach-Signature
+/// must say.
+fn signature(token: &str, body: &[u8]) -> Result<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes())
+        .map_err(|e| anyhow::anyhow!("HMAC key: {e}"))?;
+    mac.update(body);
+    let mut hex = String::from("sha256=");
+    for byte in mac.finalize().into_bytes() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    Ok(hex)
+}
+
+/// A few words on what a CloudEvent's `data` says, per event.
+fn event_summary(data: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let approvers = |v: &Value| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| text(&a["approver"]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let changes = || {
+        data["changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| format!("{} {}", text(&c["id"]), text(&c["title"])))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let gates = || {
+        let mut out = String::new();
+        for gate in data["gates"].as_array().into_iter().flatten() {
+            let _ = write!(
+                out,
+                "; gate {} {}",
+                text(&gate["name"]),
+                text(&gate["verdict"])
+            );
+        }
+        out
+    };
+    match data["event"].as_str().unwrap_or_default() {
+        "Announced" => format!(
+            "{} {}: {}",
+            text(&data["type"]),
+            text(&data["version"]),
+            changes()
+        ),
+        "ApprovalRequired" => format!("{} approvals required", data["required"]),
+        "Approved" => format!("approved by {}", approvers(&data["approvals"])),
+        "Rejected" => {
+            let reject = &data["approvals"][0];
+            format!(
+                "rejected by {}: {}",
+                text(&reject["approver"]),
+                text(&reject["comment"])
+            )
+        }
+        "StageStarted" => format!("rolling out in namespace {}", text(&data["namespace"])),
+        "StageSucceeded" => format!(
+            "succeeded in {} s{}",
+            data["durationSeconds"].as_i64().unwrap_or_default(),
+            gates()
+        ),
+        "RolledBack" => format!(
+            "{}: {}",
+            text(&data["rollback"]["reason"]),
+            text(&data["rollback"]["message"])
+        ),
+        "Closed" => format!(
+            "outcome {} at {}; changes {}",
+            text(&data["outcome"]),
+            text(&data["completedAt"]),
+            changes()
+        ),
+        _ => text(&data["message"]),
+    }
+}
+
+/// Step 7: what payments' receivers got during the act, one line per notification in
+/// the order of each release's status.notifications; every signature is checked with the
+/// receiver's token, and the bodies are kept in the snapshot directory.
+fn notifications_received(kubeconfig: &Path, receiver: &Receiver, hooks: &[Hook]) -> Result<()> {
+    eprintln!(
+        "\n(7) what payments' receivers (the demo's, on http://{}) got during the act",
+        receiver.addr
+    );
+    let releases = wait_delivered(kubeconfig)?;
+    let posts = receiver.received();
+    let mut bodies = String::new();
+    for post in &posts {
+        bodies.push_str(&String::from_utf8_lossy(&post.body));
+        bodies.push('\n');
+    }
+    let file = snapshot_dir().join("notifications.jsonl");
+    std::fs::write(&file, bodies)?;
+    for hook in hooks {
+        let mine: Vec<&Received> = posts.iter().filter(|p| p.path == hook.path).collect();
+        let mut by_id = BTreeMap::new();
+        for post in &mine {
+            let body: Value = serde_json::from_slice(&post.body)
+                .context("a notification whose body is not JSON")?;
+            by_id.insert(notification_id(&body), body);
+        }
+        println!(
+            "  receiver {} ({}, {} POSTs, {} distinct events):",
+            hook.name,
+            if hook.slack {
+                "format: slack"
+            } else {
+                "CloudEvents"
+            },
+            mine.len(),
+            by_id.len()
+        );
+        for release in &releases {
+            let records = release["status"]["notifications"].as_array();
+            for record in records.into_iter().flatten() {
+                let Some(body) = by_id.get(&text_of(&record["id"])) else {
+                    continue;
+                };
+                if record["receiver"].as_str() != Some(hook.name.as_str()) {
+                    continue;
+                }
+                if hook.slack {
+                    println!("    {}", text_of(&body["text"]));
+                } else {
+                    let id = text_of(&body["id"]);
+                    println!(
+                        "    {:<14} {:<46} {:<4} id {}…  {}",
+                        text_of(&body["data"]["release"]["name"]),
+                        text_of(&body["type"]),
+                        body["subject"].as_str().unwrap_or(""),
+                        &id[..id.len().min(12)],
+                        event_summary(&body["data"])
+                    );
+                }
+            }
+        }
+        if let Some((secret, token)) = &hook.signing {
+            for post in &mine {
+                let expected = signature(token, &post.body)?;
+                if post.header("x-stagecoach-signature") != Some(expected.as_str())
+                    || post.header("authorization") != Some(format!("Bearer {token}").as_str())
+                {
+                    bail!(
+                        "a notification's signature or token is not that of Secret payments/{secret}: {}",
+                        String::from_utf8_lossy(&post.body)
+                    );
+                }
+            }
+            println!(
+                "    signatures verified, {n} of {n}: each X-Stagecoach-Signature is \
+                 sha256=<HMAC-SHA256 of the body>\n    keyed with the token of Secret \
+                 payments/{secret}, which came as Authorization: Bearer too",
+                n = mine.len()
+            );
+        }
+    }
+    let records: usize = releases
+        .iter()
+        .map(|r| r["status"]["notifications"].as_array().map_or(0, Vec::len))
+        .sum();
+    println!(
+        "  status.notifications of {APPROVED} and {REJECTED}: {records} records, each with deliveredAt"
+    );
+    println!("  the bodies, as POSTed: {}", file.display());
+    Ok(())
+}
+
+/// The event id of a notification: a CloudEvent's `id`, or the last part of the context
+/// line of a Slack message (`<namespace>/<release> · <time> · <id>`).
+fn notification_id(body: &Value) -> String {
+    if let Some(id) = body["id"].as_str() {
+        return id.to_owned();
+    }
+    let blocks = body["blocks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    blocks
+        .iter()
+        .filter_map(|b| b["elements"][0]["text"].as_str())
+        .filter_map(|t| t.rsplit(" · ").next())
+        .next_back()
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// The releases of payments that notified, once every record in their
+/// status.notifications has a deliveredAt (within 30 s: everything owed arrives in a
+/// second or two, and deliveredAt is written after the receiver answered).
+fn wait_delivered(kubeconfig: &Path) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let releases = [APPROVED, REJECTED]
+            .iter()
+            .map(|name| release_json(kubeconfig, "payments", name))
+            .collect::<Result<Vec<_>>>()?;
+        let pending: Vec<String> = releases
+            .iter()
+            .flat_map(|r| {
+                r["status"]["notifications"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|n| n["deliveredAt"].is_null())
+            .map(|n| {
+                format!(
+                    "{} ({})",
+                    text_of(&n["event"]),
+                    n["lastError"].as_str().unwrap_or("not tried yet")
+                )
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(releases);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "notifications still not delivered after 30 s: {}",
+                pending.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A JSON string's text, "?" for anything else.
+fn text_of(value: &Value) -> String {
+    value.as_str().unwrap_or("?").to_owned()
 }
