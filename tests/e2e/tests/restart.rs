@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use kube::api::Api;
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use stagecoach_api::FeatureToggle;
 use stagecoach_api::release::{ReleasePhase, StagePhase};
@@ -112,7 +112,7 @@ async fn a_restarted_operator_serves_what_exists_and_stops_promptly() -> Result<
             releases.get("held-1-0-0").await?.status
         );
         let served = eventually(Duration::from_secs(20), || async {
-            Ok(ofrep_value(&operator, &home).await?)
+            ofrep_value(&operator, &home).await
         })
         .await;
         ensure!(
@@ -127,11 +127,11 @@ async fn a_restarted_operator_serves_what_exists_and_stops_promptly() -> Result<
     }
     let operator = Operator::start_ready("restart", &home).await?;
     releases
-        .delete_collection(&Default::default(), &Default::default())
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
     eventually(Duration::from_secs(60), || async {
         Ok(releases
-            .list(&Default::default())
+            .list(&ListParams::default())
             .await?
             .items
             .is_empty()
