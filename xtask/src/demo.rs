@@ -2,10 +2,14 @@
 //!
 //! Uses the cluster in KUBECONFIG when it answers, otherwise brings up the local control
 //! plane; installs the CRDs and admission policy, starts the operator, applies
-//! `examples/` and shows what the operator made of them, in three acts: two releases
-//! travel, a failing one is rolled back, and the policy of `examples/policy/` (approvals
+//! `examples/` and shows what the operator made of them, in four acts: two releases
+//! travel, a failing one is rolled back, the policy of `examples/policy/` (approvals
 //! checked by the API server, a release window) holds releases back while a webhook the
-//! demo runs itself hears about every event of payments' releases.
+//! demo runs itself hears about every event of payments' releases, and the gates of
+//! `examples/gates/` (a Job in qa, Prometheus in prod) roll a release back during its
+//! early life support.
+
+mod gates;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -324,12 +328,13 @@ pub fn run(keep_running: bool) -> Result<()> {
     )?;
 
     policy_act(&kubeconfig, &plugin, &operator)?;
+    gates::gates_act(&kubeconfig, &operator)?;
 
     show_results(&kubeconfig)?;
     // What outlives the Releases: their audit records, as release notes for clients
     // (releases still in early life support have none yet).
     println!("\nrelease notes from the audit records (immutable ConfigMaps):");
-    for application in ["billing", "payments"] {
+    for application in ["billing", "payments", "orders"] {
         run_plugin(
             &plugin,
             &kubeconfig,
@@ -427,7 +432,7 @@ fn show_results(kubeconfig: &Path) -> Result<()> {
     println!("  {flag}");
 
     println!(
-        "\nexplore: export KUBECONFIG={}\n  kubectl explain release.spec.stages.steps\n  kubectl describe release -n billing billing-2.5.0\n  kubectl describe featuretoggle -n billing new-invoice-ui\n  target/debug/kubectl-stagecoach -n billing history billing-2.4.0\n  kubectl get pipelines -A; kubectl explain pipeline.spec.releaseTypes\n  kubectl get approvals -n payments -o wide\n  target/debug/kubectl-stagecoach -n payments status payments-3.2.0\n  target/debug/kubectl-stagecoach -n ledger status ledger-2.0.0\n  kubectl describe release -n payments payments-3.3.0",
+        "\nexplore: export KUBECONFIG={}\n  kubectl explain release.spec.stages.steps\n  kubectl describe release -n billing billing-2.5.0\n  kubectl describe featuretoggle -n billing new-invoice-ui\n  target/debug/kubectl-stagecoach -n billing history billing-2.4.0\n  kubectl get pipelines -A; kubectl explain pipeline.spec.releaseTypes\n  kubectl get approvals -n payments -o wide\n  target/debug/kubectl-stagecoach -n payments status payments-3.2.0\n  target/debug/kubectl-stagecoach -n ledger status ledger-2.0.0\n  kubectl describe release -n payments payments-3.3.0\n  kubectl get pipeline -n orders orders -o yaml   # the gates\n  kubectl get release -n orders orders-1.0.0 -o jsonpath='{{.status.rollbacks}}'\n  target/debug/kubectl-stagecoach -n orders status orders-1.0.0",
         kubeconfig.display()
     );
     Ok(())
