@@ -231,7 +231,9 @@ const PROMETHEUS_DEBIAN: &str = "/usr/bin/prometheus";
 /// test, their own configuration): `prometheus` on PATH, else Debian's, installed with
 /// apt-get when missing. The package's service is not needed (nor started here: without
 /// systemd its postinst only enables it).
-fn ensure_prometheus() -> Result<std::path::PathBuf> {
+/// Debian's Prometheus, installed with apt-get when missing (the gate tests, the demo's
+/// gates act).
+pub(crate) fn ensure_prometheus() -> Result<std::path::PathBuf> {
     let on_path = || {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
@@ -249,12 +251,10 @@ fn ensure_prometheus() -> Result<std::path::PathBuf> {
         "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus",
     ]);
     run(
-        "apt-get install prometheus (Debian's package, for the gate tests: not on PATH yet)",
+        "apt-get install prometheus (Debian's package, for the gates: not on PATH yet)",
         install,
     )
-    .context(
-        "the gate tests need Prometheus; install it (Debian: apt-get install -y prometheus)",
-    )?;
+    .context("the gates need Prometheus; install it (Debian: apt-get install -y prometheus)")?;
     if !debian.is_file() {
         bail!("{PROMETHEUS_DEBIAN} is still missing after installing the prometheus package");
     }

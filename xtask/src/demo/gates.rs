@@ -31,39 +31,6 @@ const SERIES: &str = "orders_error_ratio{stage=\"prod\"}";
 /// What the exporter serves while all is well, and once it is not (threshold 0.05).
 const GOOD: f64 = 0.012;
 const BAD: f64 = 0.27;
-/// Debian's `prometheus` package puts the server here (as `cargo xtask test` expects).
-const PROMETHEUS_DEBIAN: &str = "/usr/bin/prometheus";
-
-/// Prometheus for the act: on PATH, else Debian's, installed with apt-get when missing
-/// (the same package `cargo xtask test` installs for the gate tests).
-fn ensure_prometheus() -> Result<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("prometheus"))
-            .find(|p| p.is_file())
-    });
-    let debian = PathBuf::from(PROMETHEUS_DEBIAN);
-    if let Some(found) = on_path.or_else(|| debian.is_file().then(|| debian.clone())) {
-        return Ok(found);
-    }
-    eprintln!("Prometheus is not installed: installing Debian's package (a minute or two)");
-    let mut install = Command::new("sh");
-    install.args([
-        "-c",
-        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus",
-    ]);
-    crate::test::run(
-        "apt-get install prometheus (Debian's package, for the gates act)",
-        install,
-    )
-    .context(
-        "the gates act needs Prometheus; install it (Debian: apt-get install -y prometheus)",
-    )?;
-    if !debian.is_file() {
-        bail!("{PROMETHEUS_DEBIAN} is still missing after installing the prometheus package");
-    }
-    Ok(debian)
-}
 
 /// An exporter on 127.0.0.1: `/metrics` in Prometheus' text format, one gauge whose value
 /// the demo sets. Dropping it stops it.
@@ -349,7 +316,7 @@ pub(super) fn gates_act(kubeconfig: &Path, operator: &OperatorProcess) -> Result
     );
     let act = Instant::now();
     reset(kubeconfig)?;
-    let binary = ensure_prometheus()?;
+    let binary = crate::test::ensure_prometheus()?;
     let exporter = Exporter::start(GOOD)?;
     let prometheus = Prometheus::start(&binary, exporter.addr)?;
     println!(
