@@ -5,7 +5,8 @@
 
 use super::*;
 use crate::pipeline::{Tally, short, tally};
-use crate::schedule::{ScheduleDecision, ScheduleInput, decide};
+use crate::schedule::{ScheduleDecision, ScheduleInput, WaitReason, decide};
+use stagecoach_api::pipeline::NotificationEvent;
 use stagecoach_api::release::ApprovalRecord;
 
 /// What lets a release into a stage: recorded in status when the stage starts.
@@ -106,8 +107,42 @@ impl Planner<'_> {
         });
         match decision {
             ScheduleDecision::Open => None,
-            ScheduleDecision::Wait { until, message, .. } => Some((until, message)),
+            ScheduleDecision::Wait {
+                until,
+                mut message,
+                reason,
+            } => {
+                if reason == WaitReason::NotAnnounced
+                    && let Some(failing) = self.failing_announcements()
+                {
+                    let _ = write!(message, "; {failing}");
+                }
+                Some((until, message))
+            }
         }
+    }
+
+    /// Why the Announced notification has not been delivered yet, when a receiver is
+    /// refusing it: the wait for a major release's notice says so, not only
+    /// `status.notifications`.
+    fn failing_announcements(&self) -> Option<String> {
+        let failing: Vec<String> = self
+            .status
+            .notifications
+            .iter()
+            .filter(|n| n.event == NotificationEvent::Announced && n.delivered_at.is_none())
+            .filter_map(|n| {
+                n.last_error.as_ref().map(|error| {
+                    format!(
+                        "receiver {} has not taken the Announced notification ({} attempt{}, last: {error})",
+                        n.receiver,
+                        n.attempts,
+                        if n.attempts == 1 { "" } else { "s" }
+                    )
+                })
+            })
+            .collect();
+        (!failing.is_empty()).then(|| failing.join("; "))
     }
 
     fn await_approval(&mut self, index: usize, required: usize, tally: &Tally) {
