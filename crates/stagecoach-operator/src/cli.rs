@@ -21,6 +21,10 @@ pub enum Command {
     ///
     /// Connects to the cluster named by KUBECONFIG (or ~/.kube/config), or, inside a pod,
     /// with the pod's service account. Stops cleanly on SIGTERM or Ctrl-C.
+    ///
+    /// For tests only, never in production: STAGECOACH_TEST_KILL_AFTER_WRITES=N aborts
+    /// the process right after its N-th successful write to the API server (Lease
+    /// renewals not counted), to test recovery from a crash at every write.
     Run(RunArgs),
     /// Print the version and exit.
     Version,

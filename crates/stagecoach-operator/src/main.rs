@@ -9,6 +9,7 @@ mod controller;
 mod error;
 mod events;
 mod gates;
+mod kill_after_writes;
 mod leader;
 mod logging;
 mod metrics;

@@ -65,7 +65,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 #[allow(clippy::too_many_lines)] // the wiring of every part, in one place
 async fn run_once(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context(
+    // Client::try_default, plus a test-only layer when STAGECOACH_TEST_KILL_AFTER_WRITES is set.
+    let limit = crate::kill_after_writes::limit_from_env()?;
+    let client = crate::kill_after_writes::client(limit).await.context(
         "cannot configure the Kubernetes client: set KUBECONFIG, or run in a pod with a \
          service account",
     )?;
