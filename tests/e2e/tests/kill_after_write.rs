@@ -483,3 +483,42 @@ async fn the_operator_killed_after_each_write_takes_every_step_exactly_once() ->
     killed.finish().await?;
     calm.finish().await
 }
+
+/// The timeline checks above see a step done twice, or not at all (no cluster needed).
+#[test]
+fn a_repeated_or_a_skipped_step_fails_the_timeline_checks() {
+    let mut entries = Vec::new();
+    for (stage, steps) in STEPS {
+        entries.push((stage, "StageStarted", format!("stage {stage} started")));
+        for step in 1..=steps {
+            let message = format!("stage {stage}: step {step}/{steps} completed");
+            entries.push((stage, "StepCompleted", message));
+        }
+    }
+    let release = |entries: &[(&str, &str, String)]| -> Release {
+        let mut doc = release_manifest("r", APP, "1.1.0", NEW_IMAGE, &[]);
+        doc["status"]["timeline"] = entries
+            .iter()
+            .map(|(stage, reason, message)| {
+                json!({"at": "2026-11-29T00:00:00Z", "stage": stage, "reason": reason, "message": message})
+            })
+            .collect();
+        serde_json::from_value(doc).unwrap()
+    };
+    assert_eq!(progress(&release(&entries)), expected_progress());
+    assert!(repeated_steps(&release(&entries)).is_empty());
+
+    // demo's step 1/3 twice.
+    let mut repeated = entries.clone();
+    repeated.insert(7, entries[6].clone());
+    assert_ne!(progress(&release(&repeated)), expected_progress());
+    assert_eq!(repeated_steps(&release(&repeated)).len(), 1);
+    // demo's step 1/3 never.
+    let mut skipped = entries.clone();
+    skipped.remove(6);
+    assert_ne!(progress(&release(&skipped)), expected_progress());
+    // demo's steps 1/3 and 2/3 swapped.
+    let mut swapped = entries;
+    swapped.swap(6, 7);
+    assert_ne!(progress(&release(&swapped)), expected_progress());
+}
