@@ -207,8 +207,12 @@ struct Doomed {
 
 impl Doomed {
     fn start(index: usize, namespace: &str) -> Result<Self> {
+        // Two probes in a row can get the same free port: the two servers need two.
         let port = free_port()?;
-        let ofrep_port = free_port()?;
+        let mut ofrep_port = free_port()?;
+        while ofrep_port == port {
+            ofrep_port = free_port()?;
+        }
         let log =
             std::env::temp_dir().join(format!("stagecoach-e2e-kill-write-{index}-{port}.log"));
         let file = std::fs::File::create(&log)?;
@@ -263,6 +267,9 @@ impl Doomed {
 enum Ended {
     /// Aborted by the hook right after this write.
     AfterWrite(String),
+    /// Could not start: a port it was given was taken in the meantime (by another test's
+    /// process, say). Started again; not a kill.
+    PortTaken,
     /// Alive and ready with the release ended, without writing anything for [`QUIET`].
     Quiet(Box<Doomed>),
 }
@@ -272,6 +279,9 @@ async fn run_one(f: &Fixture, name: &str, mut operator: Doomed) -> Result<Ended>
     let mut quiet_since: Option<Instant> = None;
     loop {
         if let Some(exit) = operator.child.try_wait()? {
+            if exit.code() == Some(1) && operator.log_tail().contains("Address already in use") {
+                return Ok(Ended::PortTaken);
+            }
             ensure!(
                 exit.signal() == Some(SIGABRT),
                 "an operator exited with {exit}, not by the hook; log:\n{}",
@@ -314,20 +324,23 @@ async fn interrupted(f: &mut Fixture, name: &str) -> Result<(Release, Vec<String
     let (watch, versions) = count_versions(f, name);
     let started = Instant::now();
     let mut writes = Vec::new();
+    let mut started_again = 0;
     let quiet = loop {
         ensure!(
-            writes.len() < MAX_OPERATORS,
+            writes.len() + started_again < MAX_OPERATORS,
             "{MAX_OPERATORS} operators killed and the release has not converged: {}\nwrites: {writes:#?}",
             serde_json::to_string_pretty(&status(&f.release(name).await?))?
         );
-        let operator = Doomed::start(writes.len(), &f.pipeline.home.name)?;
+        let operator = Doomed::start(writes.len() + started_again, &f.pipeline.home.name)?;
         match run_one(f, name, operator).await? {
             Ended::AfterWrite(write) => writes.push(write),
+            Ended::PortTaken => started_again += 1,
             Ended::Quiet(operator) => break operator,
         }
     };
     println!(
-        "interrupted run: {} operators killed right after their write, converged in {:.0}s; the writes:\n  {}",
+        "interrupted run: {} operators killed right after their write ({started_again} more \
+         started again, their port taken), converged in {:.0}s; the writes:\n  {}",
         writes.len(),
         started.elapsed().as_secs_f64(),
         writes.join("\n  ")
@@ -341,7 +354,13 @@ async fn interrupted(f: &mut Fixture, name: &str) -> Result<(Release, Vec<String
     // The last operator, which had nothing left to write, still aborts at its first
     // write: clean up with one that does not.
     drop(quiet);
-    f.operator = Some(Operator::start_ready("kill-write-last", &f.pipeline.home.name).await?);
+    // (Operator::start can be given one port twice, for its admin and OFREP servers: a
+    // second try then.)
+    let mut last = Operator::start_ready("kill-write-last", &f.pipeline.home.name).await;
+    if last.is_err() {
+        last = Operator::start_ready("kill-write-last-again", &f.pipeline.home.name).await;
+    }
+    f.operator = Some(last?);
     Ok((release, writes))
 }
 
