@@ -50,7 +50,14 @@ enum Command {
     },
     /// Benchmarks: rollback latency, step overhead, OFREP throughput and memory, on a
     /// fresh control plane with a release build of the operator.
-    Bench,
+    Bench {
+        /// Instead: the scale benchmarks (100 applications, 1,000 Releases, 1,000
+        /// Deployments, 10,000 FeatureToggles: time to reconcile, memory, idle writes;
+        /// then concurrent rollouts) on a fresh scale-profile control plane. Tables in
+        /// target/bench-scale.md and target/bench-concurrency.md.
+        #[arg(long)]
+        scale: bool,
+    },
     /// The local test control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok).
     Cluster {
         #[command(subcommand)]
@@ -59,6 +66,10 @@ enum Command {
         /// (`dev` by default; the demo uses `demo`, the tests `test`).
         #[arg(long, global = true, default_value = "dev")]
         name: String,
+        /// How `up` sizes it: `scale` is what `bench --scale` runs on (higher client
+        /// limits for the controllers, an audit log of every write).
+        #[arg(long, global = true, value_enum, default_value_t = cluster::Profile::Default)]
+        profile: cluster::Profile,
     },
 }
 
@@ -91,10 +102,20 @@ fn main() -> Result<()> {
         } else {
             image::Profile::Dev
         }),
-        Command::Bench => test::run_benchmarks(),
+        Command::Bench { scale } => {
+            if scale {
+                test::run_scale_benchmarks()
+            } else {
+                test::run_benchmarks()
+            }
+        }
         Command::Demo { keep_running } => demo::run(keep_running),
-        Command::Cluster { action, name } => {
-            let cluster = cluster::Cluster::named(&name);
+        Command::Cluster {
+            action,
+            name,
+            profile,
+        } => {
+            let cluster = cluster::Cluster::named(&name).with_profile(profile);
             match action {
                 ClusterAction::Up => cluster.up(),
                 ClusterAction::Down => cluster.down(),

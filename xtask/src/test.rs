@@ -435,6 +435,68 @@ pub fn run_benchmarks() -> Result<()> {
     result
 }
 
+/// `cargo xtask bench --scale`: the scale benchmark (`tests/e2e/benches/scale.rs`: a
+/// hundred applications' Releases, Deployments and FeatureToggles at once; time to
+/// reconcile, resident memory steady and through relists, writes while idle), then the
+/// concurrent rollouts (`concurrency.rs`), on a fresh control plane with the scale profile
+/// and a release build of the operator watching every namespace. Each prints its table
+/// (and writes it to target/bench-<name>.md); they assert nothing about speed or memory.
+pub fn run_scale_benchmarks() -> Result<()> {
+    run(
+        "release build of the operator",
+        cargo(&["build", "--release", "-p", "stagecoach-operator"]),
+    )?;
+    let bin_dir = build::ensure_binaries(false)?;
+    let cluster = Cluster::named("scale").with_profile(crate::cluster::Profile::Scale);
+    if cluster.is_running() {
+        cluster.down()?;
+    }
+    cluster.up()?;
+    for table in ["bench-scale.md", "bench-concurrency.md"] {
+        let _ = std::fs::remove_file(workspace_root().join("target").join(table));
+    }
+    let bench = |name: &str| {
+        let mut cmd = cargo(&["test", "-p", "stagecoach-e2e", "--bench", name]);
+        cmd.env("KUBECONFIG", cluster.kubeconfig())
+            .env(
+                "STAGECOACH_BIN",
+                workspace_root().join("target/release/stagecoach"),
+            )
+            .env("STAGECOACH_CONTROL_PLANE", &bin_dir)
+            .env("STAGECOACH_CLUSTER_DIR", &cluster.dir);
+        cmd
+    };
+    let mut result = run(
+        "scale benchmark (tests/e2e/benches/scale.rs)",
+        bench("scale"),
+    );
+    let concurrency = workspace_root().join("tests/e2e/benches/concurrency.rs");
+    if result.is_ok() {
+        if concurrency.exists() {
+            result = run(
+                "concurrent rollouts (tests/e2e/benches/concurrency.rs)",
+                bench("concurrency"),
+            );
+        } else {
+            eprintln!(
+                "\n{} does not exist (yet): no concurrent rollouts measured",
+                concurrency.display()
+            );
+        }
+    }
+    if result.is_err() {
+        cluster.print_logs_hint();
+    }
+    for table in ["bench-scale.md", "bench-concurrency.md"] {
+        let path = workspace_root().join("target").join(table);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            println!("\n{}:\n{text}", path.display());
+        }
+    }
+    cluster.down()?;
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,13 +32,30 @@ use anyhow::{Context, Result, bail};
 
 use crate::workspace_root;
 
-/// Number of fake nodes kwok manages.
+/// Number of fake nodes kwok manages (each node's capacity is kwok's default, 1M pods,
+/// so three nodes hold any benchmark's pods).
 const NODES: usize = 3;
+
+/// How a control plane is sized: the tests' default, or for the scale benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// What the tests, the demo and the other benchmarks run on.
+    #[default]
+    Default,
+    /// For `cargo xtask bench --scale` (thousands of pods and objects): the
+    /// controller-manager's and scheduler's client limits raised from 20/50 requests/s to
+    /// 500/1000 (their defaults make 3,000 pods take minutes to create), more
+    /// Deployment and ReplicaSet workers, more requests in flight at the API server, and an
+    /// audit log of every write (`logs/audit.log`, Metadata level: who wrote what, with
+    /// its user agent), which the scale benchmark reads to attribute writes.
+    Scale,
+}
 
 /// A running (or stopped) control plane's state directory.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub dir: PathBuf,
+    profile: Profile,
 }
 
 impl Cluster {
@@ -48,7 +65,20 @@ impl Cluster {
             dir: workspace_root()
                 .join("target/stagecoach-cluster")
                 .join(name),
+            profile: Profile::Default,
         }
+    }
+
+    /// The same cluster started with `profile` by [`Cluster::up`].
+    #[must_use]
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+
+    /// The API server's audit log (only written with [`Profile::Scale`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.log_dir().join("audit.log")
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -197,28 +227,43 @@ impl Cluster {
         })?;
 
         ports.release(&[api_port]);
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", self.dir.join("apiserver").display()),
+            format!("--tls-cert-file={}", pki(pki::SERVING_CERT)),
+            format!("--tls-private-key-file={}", pki(pki::SERVING_KEY)),
+            format!("--client-ca-file={}", pki(pki::CA_CERT)),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", pki(pki::SA_PUB)),
+            format!("--service-account-signing-key-file={}", pki(pki::SA_KEY)),
+            "--authorization-mode=Node,RBAC".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--v=1".into(),
+        ];
+        if self.profile == Profile::Scale {
+            let policy = self.dir.join("audit-policy.yaml");
+            std::fs::write(&policy, AUDIT_POLICY)?;
+            apiserver_args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", self.audit_log().display()),
+                // One plain file, never rotated: the benchmark reads it by offset.
+                "--audit-log-maxsize=0".into(),
+                "--audit-log-maxbackup=0".into(),
+                "--audit-log-maxage=0".into(),
+                "--max-requests-inflight=1000".into(),
+                "--max-mutating-requests-inflight=500".into(),
+            ]);
+        }
         components.push(self.spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--cert-dir={}", self.dir.join("apiserver").display()),
-                format!("--tls-cert-file={}", pki(pki::SERVING_CERT)),
-                format!("--tls-private-key-file={}", pki(pki::SERVING_KEY)),
-                format!("--client-ca-file={}", pki(pki::CA_CERT)),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", pki(pki::SA_PUB)),
-                format!("--service-account-signing-key-file={}", pki(pki::SA_KEY)),
-                "--authorization-mode=Node,RBAC".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--v=1".into(),
-            ],
+            &apiserver_args,
         )?);
         wait_for(
             "kube-apiserver /readyz",
@@ -227,38 +272,54 @@ impl Cluster {
             || Ok(kubectl(&kubeconfig, &["get", "--raw", "/readyz"]).is_ok()),
         )?;
 
+        // The scale profile's client limits (the defaults are 20 requests/s, bursts of 30
+        // for the controller-manager and 50/100 for the scheduler) and workers.
+        let client_limits = || -> Vec<String> {
+            match self.profile {
+                Profile::Default => Vec::new(),
+                Profile::Scale => vec!["--kube-api-qps=500".into(), "--kube-api-burst=1000".into()],
+            }
+        };
+        let workers = match self.profile {
+            Profile::Default => "10",
+            Profile::Scale => "25",
+        };
         ports.release(&[controller_manager_port]);
+        let mut controller_manager_args: Vec<String> = vec![
+            kubeconfig_arg.clone(),
+            format!("--authentication-kubeconfig={}", kubeconfig.display()),
+            format!("--authorization-kubeconfig={}", kubeconfig.display()),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={controller_manager_port}"),
+            format!("--root-ca-file={}", pki(pki::CA_CERT)),
+            format!("--service-account-private-key-file={}", pki(pki::SA_KEY)),
+            "--use-service-account-credentials=false".into(),
+            format!("--concurrent-deployment-syncs={workers}"),
+            format!("--concurrent-replicaset-syncs={workers}"),
+            "--v=1".into(),
+        ];
+        controller_manager_args.extend(client_limits());
         components.push(self.spawn(
             "kube-controller-manager",
             &bin.join("kube-controller-manager"),
-            &[
-                kubeconfig_arg.clone(),
-                format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={controller_manager_port}"),
-                format!("--root-ca-file={}", pki(pki::CA_CERT)),
-                format!("--service-account-private-key-file={}", pki(pki::SA_KEY)),
-                "--use-service-account-credentials=false".into(),
-                "--concurrent-deployment-syncs=10".into(),
-                "--concurrent-replicaset-syncs=10".into(),
-                "--v=1".into(),
-            ],
+            &controller_manager_args,
         )?);
         ports.release(&[scheduler_port]);
+        let mut scheduler_args: Vec<String> = vec![
+            kubeconfig_arg.clone(),
+            format!("--authentication-kubeconfig={}", kubeconfig.display()),
+            format!("--authorization-kubeconfig={}", kubeconfig.display()),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={scheduler_port}"),
+            "--v=1".into(),
+        ];
+        scheduler_args.extend(client_limits());
         components.push(self.spawn(
             "kube-scheduler",
             &bin.join("kube-scheduler"),
-            &[
-                kubeconfig_arg.clone(),
-                format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={scheduler_port}"),
-                "--v=1".into(),
-            ],
+            &scheduler_args,
         )?);
 
         let kwok_config = self.dir.join("kwok.yaml");
@@ -590,6 +651,17 @@ fn self_and_ancestors() -> Vec<u32> {
     pids
 }
 
+/// The scale profile's audit policy: every write (who, what, user agent, response code)
+/// at Metadata level, no reads, no request or response bodies.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
+
 /// Runs kubectl against the cluster and returns its stdout.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("kubectl")
@@ -674,7 +746,10 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        Cluster { dir }
+        Cluster {
+            dir,
+            profile: Profile::Default,
+        }
     }
 
     #[test]
