@@ -475,6 +475,20 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `N` distinct TCP ports on 127.0.0.1 that are free right now: all bound at once, so two
+/// calls of [`free_port`] can never hand out the same port twice (an operator's admin and
+/// OFREP servers once got the same one).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// The operator binary: STAGECOACH_BIN, or the workspace's debug build.
 pub fn operator_binary() -> PathBuf {
     std::env::var_os("STAGECOACH_BIN").map_or_else(
@@ -502,8 +516,7 @@ impl Operator {
 
     /// [`Operator::start`] with extra environment variables (a KUBECONFIG of its own, say).
     pub fn start_with_env(name: &str, namespace: &str, env: &[(&str, &str)]) -> Result<Self> {
-        let port = free_port()?;
-        let ofrep_port = free_port()?;
+        let [port, ofrep_port] = free_ports()?;
         let admin = format!("http://127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("stagecoach-e2e-{name}-{port}.log"));
         let file = std::fs::File::create(&log)?;
