@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use stagecoach_api::FIELD_MANAGER;
 use stagecoach_api::condition::ConditionStatus;
 use stagecoach_api::release::{ReleasePhase, StagePhase};
 use stagecoach_e2e::{Operator, PIPELINE_DEPLOYMENT, eventually, release_manifest};
@@ -156,6 +160,200 @@ async fn scaling_the_stable_deployment_mid_rollout_is_allowed_and_kept() -> Resu
     assert_eq!(
         f.template("prod").await?,
         released(f.before("prod"), NEW_IMAGE)
+    );
+    f.finish().await
+}
+
+/// A real HorizontalPodAutoscaler (autoscaling/v2) on prod's stable Deployment, created
+/// mid-rollout with `minReplicas` above its replicas. There is no metrics API on the test
+/// control plane, but the kube-controller-manager's HPA controller raises a target below
+/// `minReplicas` to it before it asks for metrics (its Event says "Current number of
+/// replicas below Spec.MinReplicas"), then stays there (ScalingActive False: no metrics).
+/// The release goes on and succeeds; the canary is sized from the HPA's replicas (25 % of
+/// 7 stable pods: 2 canary pods instead of 1), so it follows the autoscaler rather than
+/// fighting it; and the operator never writes `spec.replicas` of the stable Deployment:
+/// the HPA's number stays from the moment it is set to the end, and the field's owner in
+/// `managedFields` is the HPA controller, never the `stagecoach` field manager.
+#[tokio::test]
+#[ignore = "needs the test control plane: run `cargo xtask test`"]
+async fn an_hpa_scaling_the_stable_deployment_mid_rollout_is_followed_and_never_overwritten()
+-> Result<()> {
+    const HPA_MIN: i32 = PROD_REPLICAS + 3;
+    let f = Fixture::start("rel-hpa").await?;
+    let name = "shop-1.1.0";
+    // Long enough for the HPA controller's first pass (its sync period is 15 s) and the
+    // canary's resize to happen within the pause.
+    start_release(&f, name, "45s").await?;
+    let canary = f.canary("prod").await?.unwrap();
+    assert_eq!(
+        canary.spec.unwrap().replicas,
+        Some(expected_canary(25, PROD_REPLICAS)),
+        "the canary before the HPA"
+    );
+
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), f.ns("prod"));
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": PIPELINE_DEPLOYMENT},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": PIPELINE_DEPLOYMENT},
+            "minReplicas": HPA_MIN,
+            "maxReplicas": HPA_MIN + 3,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}
+            }}],
+        }
+    }))?;
+    hpas.create(&PostParams::default(), &hpa).await?;
+    let created = Instant::now();
+    eventually(Duration::from_secs(60), || async {
+        let d = f.deployments("prod").get(PIPELINE_DEPLOYMENT).await?;
+        Ok((d.spec.unwrap().replicas == Some(HPA_MIN)).then_some(()))
+    })
+    .await
+    .context("the HPA never scaled prod to its minReplicas")?;
+    println!(
+        "the HPA scaled prod to {HPA_MIN} {:.1}s after it was created",
+        created.elapsed().as_secs_f64()
+    );
+    let events: Api<Event> = Api::namespaced(f.client.clone(), f.ns("prod"));
+    let rescale = eventually(Duration::from_secs(20), || async {
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find_map(|e| {
+                let about_hpa = e
+                    .regarding
+                    .as_ref()
+                    .is_some_and(|r| r.kind.as_deref() == Some("HorizontalPodAutoscaler"));
+                (about_hpa && e.reason.as_deref() == Some("SuccessfulRescale"))
+                    .then(|| e.note.unwrap_or_default())
+            }))
+    })
+    .await
+    .context("no SuccessfulRescale Event of the HPA")?;
+    assert!(
+        rescale.contains(&format!("New size: {HPA_MIN}"))
+            && rescale.contains("below Spec.MinReplicas"),
+        "{rescale}"
+    );
+
+    // Still in the pause, the canary follows: 25 % next to the HPA's 7.
+    let resized = eventually(Duration::from_secs(30), || async {
+        let c = f.canary("prod").await?.context("the canary is gone")?;
+        Ok((c.spec.unwrap().replicas == Some(expected_canary(25, HPA_MIN))).then_some(()))
+    })
+    .await;
+    let release = f.release(name).await?;
+    resized.with_context(|| {
+        format!(
+            "the canary was not resized to {} for {HPA_MIN} stable pods; prod's step: {:?}",
+            expected_canary(25, HPA_MIN),
+            stage_step(&release, "prod")
+        )
+    })?;
+    assert_eq!(
+        stage_step(&release, "prod"),
+        Some(1),
+        "the canary was resized during the pause"
+    );
+
+    // Until the release ends, and after, prod keeps the HPA's replicas.
+    let release = eventually(ROLLOUT_TIMEOUT, || async {
+        let d = f.deployments("prod").get(PIPELINE_DEPLOYMENT).await?;
+        let replicas = d.spec.unwrap().replicas;
+        ensure!(
+            replicas == Some(HPA_MIN),
+            "prod's replicas became {replicas:?} (the HPA set {HPA_MIN})"
+        );
+        let r = f.release(name).await?;
+        let phase = status(&r).phase;
+        if is_terminal(phase) {
+            ensure!(
+                phase == Some(ReleasePhase::Succeeded),
+                "the release ended {phase:?}"
+            );
+            return Ok(Some(r));
+        }
+        Ok(None)
+    })
+    .await
+    .with_context(|| "prod's replicas changed or the release did not succeed")?;
+    assert!(status(&release).rollbacks.is_empty());
+    assert_eq!(
+        condition(&release, "Degraded").map(|c| c.0),
+        Some(ConditionStatus::False),
+        "scaling is no outside edit"
+    );
+    assert!(repeated_steps(&release).is_empty());
+    f.wait_no_canary("prod").await?;
+    assert_eq!(
+        f.template("prod").await?,
+        released(f.before("prod"), NEW_IMAGE)
+    );
+
+    // All of the HPA's pods run the new version.
+    eventually(Duration::from_secs(60), || async {
+        let d = f.deployments("prod").get(PIPELINE_DEPLOYMENT).await?;
+        let s = d.status.unwrap_or_default();
+        Ok((s.updated_replicas == Some(HPA_MIN)
+            && s.available_replicas == Some(HPA_MIN)
+            && s.replicas == Some(HPA_MIN))
+        .then_some(()))
+    })
+    .await
+    .with_context(|| format!("prod never ran {HPA_MIN} updated, available pods"))?;
+
+    let prod: Deployment = f.deployments("prod").get(PIPELINE_DEPLOYMENT).await?;
+    let owns_replicas = |entry: &ManagedFieldsEntry| {
+        entry
+            .fields_v1
+            .as_ref()
+            .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+    };
+    let managed = prod.metadata.managed_fields.clone().unwrap_or_default();
+    let owners: Vec<_> = managed
+        .iter()
+        .filter(|e| owns_replicas(e))
+        .map(|e| (e.manager.clone(), e.subresource.clone()))
+        .collect();
+    assert_eq!(
+        owners,
+        [(
+            Some("kube-controller-manager".to_owned()),
+            Some("scale".to_owned())
+        )],
+        "spec.replicas belongs to the HPA's scale writes alone"
+    );
+    let stagecoach: Vec<_> = managed
+        .iter()
+        .filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER))
+        .collect();
+    assert!(
+        !stagecoach.is_empty() && stagecoach.iter().all(|e| !owns_replicas(e)),
+        "the operator manages the template, never the replicas: {stagecoach:?}"
+    );
+
+    // The HPA saw nothing fight it: it still wants its minimum, which runs.
+    let hpa = hpas.get(PIPELINE_DEPLOYMENT).await?;
+    let hpa_status = hpa.status.unwrap_or_default();
+    assert_eq!(hpa_status.desired_replicas, HPA_MIN);
+    println!(
+        "HPA conditions at the end: {:?}",
+        hpa_status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .map(|c| format!(
+                "{}={} ({})",
+                c.type_,
+                c.status,
+                c.reason.clone().unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
     );
     f.finish().await
 }

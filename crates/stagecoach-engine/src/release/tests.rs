@@ -1558,6 +1558,37 @@ fn replica_changes_are_not_outside_edits() {
 }
 
 #[test]
+fn during_a_pause_the_canary_follows_the_stable_replicas_and_keeps_its_weight() {
+    let spec = spec("shop/api:2.0.0", canary_steps());
+    // In the pause after 10 % (prod: 10 stable replicas, so 1 canary pod).
+    let (mut world, status, now) = run_until(&spec, World::new(), |w, s| {
+        at_step(s, "prod") == Some(1) && w.stages["prod"].canary.is_some()
+    });
+    assert_eq!(world.stages["prod"].canary.as_ref().unwrap().0, 1);
+    let annotations = BTreeMap::new();
+    // Nothing changed: nothing to write.
+    let plan = plan_once(&spec, Some(&status), &world, now, &[], &annotations);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    // An autoscaler takes prod to 40 pods: 10 % is 4 canary pods (4 / 44), at once,
+    // still in the pause.
+    world.stages.get_mut("prod").unwrap().replicas = 40;
+    let plan = plan_once(&spec, Some(&status), &world, now, &[], &annotations);
+    assert!(
+        matches!(
+            plan.actions.as_slice(),
+            [Action::ApplyCanary { replicas: 4, .. }]
+        ),
+        "{:?}",
+        plan.actions
+    );
+    assert_eq!(at_step(&plan.status, "prod"), Some(1));
+    assert_eq!(plan.status.phase, Some(ReleasePhase::Progressing));
+    world.apply(&plan.actions, plan.actions.len());
+    let plan = plan_once(&spec, Some(&plan.status), &world, now, &[], &annotations);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+}
+
+#[test]
 fn a_deleted_deployment_fails_the_stage_at_once_without_claiming_a_rollback() {
     let spec = spec("shop/api:2.0.0", canary_steps());
     let (world, status, now) = run_until(&spec, World::new(), prod_canary_running);

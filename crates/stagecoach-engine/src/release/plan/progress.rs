@@ -348,6 +348,12 @@ impl Planner<'_> {
                 100 => HealthTarget::Stable,
                 w => HealthTarget::Canary { weight: w },
             };
+            // A pause holds the weight of the step before it, not the canary's size: when
+            // the stable Deployment's replicas change meanwhile (an autoscaler), the
+            // canary follows, as in a setWeight step, so that it stays `w` % of the pods.
+            if let HealthTarget::Canary { weight } = target {
+                self.plan_canary(index, weight);
+            }
             // During a pause the built-in gate only watches for failures (its deadline
             // was the setWeight step's); the configured gates must pass before the pause
             // may end.
