@@ -354,11 +354,19 @@ pub struct Webhook {
 /// A key in a Secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretKeyRef {
-    /// Secret name.
+    /// Secret name (a DNS subdomain name, as every Secret's).
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+        "message": "secretRef name must be a Secret name: lower-case letters, digits, '-' and '.'"
+    }]))]
     pub name: String,
-    /// Key within the Secret.
+    /// Key within the Secret (letters, digits, '-', '_' and '.', as a Secret's keys).
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[-._a-zA-Z0-9]+$')",
+        "message": "secretRef key must be a Secret key: letters, digits, '-', '_' and '.'"
+    }]))]
     pub key: String,
 }
 

@@ -439,9 +439,12 @@ pub enum Comparison {
 pub struct HttpGate {
     /// URL to call; '{{stage}}', '{{namespace}}', '{{release}}' and '{{version}}' are
     /// replaced.
+    // The host ends at '/', '?', '#' or the end: whitespace in it makes a URL the
+    // operator cannot parse, and the gate would fail (and roll the stage back) at its
+    // first evaluation. Not isURL(): placeholders may stand in the host.
     #[schemars(length(min = 1, max = 2048))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.matches('^https?://[^/?#\\\\s]+')",
+        "rule": "self.matches('^https?://[^/?#\\\\s]+([/?#][\\\\s\\\\S]*)?$')",
         "message": "url must be an http:// or https:// URL with a host"
     }]))]
     pub url: String,
@@ -505,8 +508,13 @@ pub enum HttpMethod {
     "message": "a header sets exactly one of value or secretRef"
 }]))]
 pub struct HttpHeader {
-    /// Header name, such as Authorization.
+    /// Header name, such as Authorization: an HTTP token (RFC 9110), else the gate
+    /// could never send it.
     #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches(\"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$\")",
+        "message": "header name must be an HTTP token: letters, digits and !#$%&'*+-.^_`|~"
+    }]))]
     pub name: String,
     /// The value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -523,6 +531,10 @@ pub struct HttpHeader {
 pub struct JobGate {
     /// Container image of the Job.
     #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "!self.matches('\\\\s')",
+        "message": "image must not contain whitespace"
+    }]))]
     pub image: String,
     /// Command to run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -547,8 +559,13 @@ pub struct JobGate {
 /// An environment variable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EnvVar {
-    /// Name.
+    /// Name: printable ASCII other than '=', as Kubernetes requires of a container's
+    /// environment (else the gate's Job could not be created).
     #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.matches('^[ -<>-~]+$')",
+        "message": "env name must be printable ASCII characters other than '='"
+    }]))]
     pub name: String,
     /// Value.
     #[schemars(length(max = 8192))]

@@ -725,6 +725,42 @@ fn catalogue(kind: Kind) -> Vec<Mutation> {
                 json!("yesterday"),
                 "mergedAt",
             ),
+            set(
+                "gate URL with a space in the host",
+                "spec.stages[1].gates[1].http.url",
+                json!("https://smoke example.com/check"),
+                "url must be an http:// or https:// URL with a host",
+            ),
+            set(
+                "header name with a colon",
+                "spec.stages[1].gates[1].http.headers[1].name",
+                json!("X-Env:"),
+                "header name must be an HTTP token",
+            ),
+            set(
+                "job image with whitespace",
+                "spec.stages[1].gates[2].job.image",
+                json!("example/check 1"),
+                "image must not contain whitespace",
+            ),
+            set(
+                "env name with '='",
+                "spec.stages[1].gates[2].job.env[0].name",
+                json!("MODE=fast"),
+                "env name must be printable ASCII characters other than '='",
+            ),
+            set(
+                "secret name in upper case",
+                "spec.stages[1].gates[0].prometheus.bearerTokenSecretRef.name",
+                json!("Prom-Token"),
+                "secretRef name must be a Secret name",
+            ),
+            set(
+                "secret key with a slash",
+                "spec.stages[1].gates[1].http.headers[0].secretRef.key",
+                json!("a/b"),
+                "secretRef key must be a Secret key",
+            ),
         ],
         Kind::FeatureToggle => vec![
             set(
@@ -1019,6 +1055,12 @@ fn catalogue(kind: Kind) -> Vec<Mutation> {
                 json!("teams"),
                 "supported values",
             ),
+            set(
+                "webhook secret name with a space",
+                "spec.notifications[0].webhook.secretRef.name",
+                json!("hook secret"),
+                "secretRef name must be a Secret name",
+            ),
         ],
         Kind::Approval => vec![
             set(
@@ -1112,10 +1154,10 @@ fn of_other_type(value: Value, expected: &str) -> Value {
     }
 }
 
-/// A string that breaks every pattern, duration, URL, time and zone rule in the CRDs: it
-/// starts with an upper-case letter and holds a space and punctuation.
+/// A string that breaks every pattern, duration, URL, name, time and zone rule in the
+/// CRDs: it starts with an upper-case letter and holds a space, an '=' and a tab.
 fn pattern_breaker() -> impl Strategy<Value = String> {
-    "[A-Z][a-z]{0,6} [!?*#]{1,3}[a-z]{0,4}"
+    "[A-Z][a-z]{0,6} [!?*#]{0,2}=\t[a-z]{0,4}"
 }
 
 /// Every mutation strategy for a kind: generic ones derived from each field's schema,
