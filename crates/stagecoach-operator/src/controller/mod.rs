@@ -57,7 +57,7 @@ pub enum ManagedFields {
 }
 
 /// Watches `api` (with `config`: a label selector, say) into a reflector cache. Returns
-/// the cache and the stream of changed objects that drives a
+/// the cache and the stream of changed (created, updated or deleted) objects that drives a
 /// [`Controller`](kube::runtime::Controller). `synced` is marked when the cache has its
 /// first complete list. Managed fields are dropped or thinned before caching (see
 /// [`ManagedFields`]): they are a large part of every object.
@@ -107,7 +107,9 @@ where
                 synced.synced();
             }
         })
-        .applied_objects();
+        // Deleted objects too: a Deployment deleted mid-rollout must fail its stage at
+        // once, not at the release's next requeue (a pause's end, say).
+        .touched_objects();
     (reader, objects)
 }
 
