@@ -257,7 +257,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
             store
                 .state()
                 .iter()
-                .filter(|r| workloads::WorkloadCaches::release_namespaces(r).contains(&namespace))
+                .filter(|r| workloads::WorkloadCaches::release_in_namespace(r, &namespace))
                 .map(|r| ObjectRef::from_obj(r.as_ref()))
                 .collect::<Vec<_>>()
         }

@@ -33,7 +33,12 @@
 //! - rollback latency: from a pod of the release seen in CrashLoopBackOff to the Release
 //!   seen RolledBack;
 //! - missed deadlines: releases rolled back for ProgressDeadlineExceeded, and releases that
-//!   did not end within the bound (20 min).
+//!   did not end within the bound (20 min);
+//! - the API server's pace as any client sees it: the bench patches a ConfigMap every
+//!   250 ms, one write at a time, and times each write;
+//! - the slowest samples with the moment they happened (seconds into the run), and what
+//!   the operator did: reconciles, their mean duration, status writes, waits for a cache
+//!   behind its own write, CPU time and resident memory.
 //!
 //! Knobs: STAGECOACH_CONCURRENCY (releases at once, default 500), STAGECOACH_BASELINE_RUNS
 //! (single releases of each kind, good and crash-looping, default 5).
@@ -50,8 +55,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -185,6 +190,10 @@ struct Samples {
     unfinished: Vec<String>,
     wall: Duration,
     creates: Duration,
+    /// The slowest steps and rollbacks: (ms, what, which release, seconds into the run).
+    slowest: Vec<(f64, &'static str, String, f64)>,
+    /// The bench's own API server probe: one small write at a time, in ms.
+    api_writes: Vec<f64>,
 }
 
 impl Samples {
@@ -203,6 +212,14 @@ impl Samples {
         self.unfinished.extend(other.unfinished);
         self.wall += other.wall;
         self.creates += other.creates;
+        self.slowest.extend(other.slowest);
+        self.api_writes.extend(other.api_writes);
+    }
+
+    /// Remembers a sample among the slowest.
+    fn note(&mut self, ms: f64, what: &'static str, release: &str, at: Duration) {
+        self.slowest
+            .push((ms, what, release.to_owned(), at.as_secs_f64()));
     }
 }
 
@@ -296,6 +313,13 @@ async fn roll(client: &Client, home: &str, apps: &[App], bound: Duration) -> Res
             listed += 1;
         }
     }
+
+    // The API server's pace as any client sees it: one small write at a time.
+    let (stop_probe, probe_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probe = tokio::spawn(probe_writes(
+        Api::namespaced(client.clone(), home),
+        probe_stopped,
+    ));
 
     let manifests: Vec<Release> = apps
         .iter()
@@ -424,7 +448,7 @@ async fn roll(client: &Client, home: &str, apps: &[App], bound: Duration) -> Res
                     .unwrap_or(0);
                 let phase = status.phase;
                 if step > s.step {
-                    close_step(s, &mut samples, now);
+                    close_step(s, &mut samples, now, &apps[i].release, now - started);
                     s.step = step;
                     s.step_at = Some(now);
                     s.all_ready_at = None;
@@ -434,7 +458,7 @@ async fn roll(client: &Client, home: &str, apps: &[App], bound: Duration) -> Res
                     Some(ReleasePhase::EarlyLifeSupport | ReleasePhase::Succeeded)
                 );
                 if past_full && s.early_life_at.is_none() {
-                    close_step(s, &mut samples, now);
+                    close_step(s, &mut samples, now, &apps[i].release, now - started);
                     s.early_life_at = Some(now);
                 }
                 if let Some(phase) = phase.filter(|p| p.is_terminal()) {
@@ -445,9 +469,9 @@ async fn roll(client: &Client, home: &str, apps: &[App], bound: Duration) -> Res
                     }
                     if phase == ReleasePhase::RolledBack && apps[i].bad {
                         if let Some(at) = s.crashed_at {
-                            samples
-                                .rollback
-                                .push(millis(now.saturating_duration_since(at)));
+                            let ms = millis(now.saturating_duration_since(at));
+                            samples.note(ms, "rollback", &apps[i].release, now - started);
+                            samples.rollback.push(ms);
                         } else {
                             samples.seen_before_pods += 1;
                             samples.rollback.push(0.0);
@@ -462,6 +486,8 @@ async fn roll(client: &Client, home: &str, apps: &[App], bound: Duration) -> Res
         }
     }
     let wall = started.elapsed();
+    let _ = stop_probe.send(());
+    samples.api_writes = probe.await.context("the API probe")?;
     let (created, creates_done) = creating.await.context("the creating task")??;
     samples.wall = wall;
     samples.creates = creates_done - started;
@@ -504,6 +530,35 @@ async fn roll(client: &Client, home: &str, apps: &[App], bound: Duration) -> Res
     }
     samples.missed_deadlines += samples.unfinished.len();
     Ok(samples)
+}
+
+/// Name of the ConfigMap the API probe writes, in the Releases' namespace.
+const PROBE: &str = "bench-api-probe";
+
+/// Patches the probe ConfigMap every 250 ms (one write at a time) until `stop`, and
+/// returns how long each write took, in ms.
+async fn probe_writes(
+    api: Api<ConfigMap>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return latencies,
+            _ = tick.tick() => {}
+        }
+        let patch = json!({"data": {"n": latencies.len().to_string()}});
+        let started = Instant::now();
+        if api
+            .patch(PROBE, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .is_ok()
+        {
+            latencies.push(millis(started.elapsed()));
+        }
+    }
 }
 
 /// Whether the Deployment runs `image` on all its pods, Ready and available, by its status
@@ -549,7 +604,7 @@ fn note_ready(s: &mut Seen, now: Instant) {
 }
 
 /// The release left its current step (or reached early life support): record the step.
-fn close_step(s: &Seen, samples: &mut Samples, now: Instant) {
+fn close_step(s: &Seen, samples: &mut Samples, now: Instant, release: &str, into_run: Duration) {
     match STEPS.get(s.step) {
         Some(Step::Canary(_) | Step::Full) => {
             let sample = if let Some(at) = s.all_ready_at {
@@ -559,6 +614,7 @@ fn close_step(s: &Seen, samples: &mut Samples, now: Instant) {
                 0.0
             };
             if matches!(STEPS.get(s.step), Some(Step::Full)) {
+                samples.note(sample, "100% step", release, into_run);
                 samples.full_overhead.push(sample);
                 samples
                     .full_after_deployment
@@ -569,12 +625,15 @@ fn close_step(s: &Seen, samples: &mut Samples, now: Instant) {
                         0.0
                     });
             } else {
+                samples.note(sample, "canary step", release, into_run);
                 samples.canary_overhead.push(sample);
             }
         }
         Some(Step::Pause) => {
             if let Some(at) = s.step_at {
-                samples.pause.push(millis(now - at));
+                let ms = millis(now - at);
+                samples.note(ms - 1000.0, "pause beyond 1 s", release, into_run);
+                samples.pause.push(ms);
             }
         }
         None => {}
@@ -815,7 +874,7 @@ fn apps(home: &str, prefix: &str, count: usize, bad: impl Fn(usize) -> bool) -> 
 }
 
 fn table(baseline: &Samples, concurrent: &Samples, n: usize) -> String {
-    let rows: [(&str, &Vec<f64>, &Vec<f64>); 7] = [
+    let rows: [(&str, &Vec<f64>, &Vec<f64>); 8] = [
         (
             "canary step: last canary pod Ready -> next step",
             &baseline.canary_overhead,
@@ -850,6 +909,11 @@ fn table(baseline: &Samples, concurrent: &Samples, n: usize) -> String {
             "release: created -> Succeeded",
             &baseline.release_wall,
             &concurrent.release_wall,
+        ),
+        (
+            "API server: one ConfigMap patch (bench's probe, 4/s)",
+            &baseline.api_writes,
+            &concurrent.api_writes,
         ),
     ];
     let mut out = String::new();
@@ -887,6 +951,18 @@ fn table(baseline: &Samples, concurrent: &Samples, n: usize) -> String {
         for line in s.wrong_outcomes.iter().chain(&s.unfinished).take(10) {
             let _ = writeln!(out, "  - {line}");
         }
+        let mut slowest = s.slowest.clone();
+        slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let listed: Vec<String> = slowest
+            .iter()
+            .take(8)
+            .map(|(ms, what, release, at)| format!("{what} {release} {ms:.0} ms at {at:.0} s"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  - slowest (seconds into the run): {}",
+            listed.join("; ")
+        );
     }
     out
 }
@@ -928,6 +1004,11 @@ async fn bench() -> Result<()> {
         );
     }
     let home = TestNamespace::create(&client, "conc").await?;
+    let probe: ConfigMap = serde_json::from_value(json!({"metadata": {"name": PROBE}}))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &home.name)
+        .create(&PostParams::default(), &probe)
+        .await
+        .context("creating the API probe ConfigMap")?;
     let baseline = apps(&home.name, "b", 2 * baseline_runs, |i| i % 2 == 1);
     let many = apps(&home.name, "a", n, |i| i % BAD_EVERY == BAD_EVERY - 1);
     let names: Vec<String> = baseline

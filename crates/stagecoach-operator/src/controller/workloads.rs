@@ -275,9 +275,43 @@ impl WorkloadCaches {
         stages.iter().filter_map(|s| s.namespace.clone()).collect()
     }
 
-    /// The namespaces whose Deployments and pods matter to a release, for mapping watch
-    /// events back to releases: those its own spec names and those its status says it
-    /// works in (with a Pipeline, the Pipeline's).
+    /// Whether the Deployments and pods of `namespace` matter to a release, for mapping
+    /// watch events back to releases: a namespace its own spec names (explicitly or by
+    /// default, `<application>-<stage>`) or one its status says it works in (with a
+    /// Pipeline, the Pipeline's). The watch mappers ask this of every Release for every
+    /// Deployment, pod and ControllerRevision event, in the controller's one event loop,
+    /// so it allocates nothing: building the list of namespaces instead (resolving and
+    /// cloning the stages) made each event cost O(releases) allocations, which held up
+    /// the loop, and with it the caches and triggers, for seconds with 500 releases
+    /// rolling out at once (tests/e2e/benches/concurrency.rs).
+    pub fn release_in_namespace(release: &Release, namespace: &str) -> bool {
+        let spec = &release.spec;
+        let by_default = |stage: &str| {
+            namespace
+                .strip_prefix(spec.application.as_str())
+                .and_then(|rest| rest.strip_prefix('-'))
+                == Some(stage)
+        };
+        let in_spec = match &spec.stages {
+            Some(stages) => stages.iter().any(|s| match &s.namespace {
+                Some(ns) => ns == namespace,
+                None => by_default(&s.name),
+            }),
+            None => stagecoach_api::names::DEFAULT_STAGES
+                .iter()
+                .any(|stage| by_default(stage)),
+        };
+        in_spec
+            || release
+                .status
+                .iter()
+                .flat_map(|s| &s.stages)
+                .any(|s| !s.namespace.is_empty() && s.namespace == namespace)
+    }
+
+    /// The namespaces [`Self::release_in_namespace`] accepts, as a list (the reference
+    /// its test compares with).
+    #[cfg(test)]
     pub fn release_namespaces(release: &Release) -> Vec<String> {
         let mut namespaces = Self::stage_namespaces(&release.spec.resolved_stages());
         for stage in release.status.iter().flat_map(|s| &s.stages) {
@@ -590,4 +624,66 @@ pub async fn delete_revisions(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(doc: serde_json::Value) -> Release {
+        serde_json::from_value(doc).expect("a valid Release")
+    }
+
+    #[test]
+    fn a_release_is_in_exactly_the_namespaces_it_lists() {
+        let explicit = release(json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": "r", "namespace": "home"},
+            "spec": {"application": "shop", "version": "1.0.0",
+                "workloads": [{"deployment": "api", "containers": [{"name": "app", "image": "i"}]}],
+                "stages": [{"name": "dev"}, {"name": "prod", "namespace": "shop-live"}]},
+            "status": {"stages": [
+                {"name": "qa", "namespace": "shop-qa-old", "phase": "Succeeded"},
+                {"name": "x", "namespace": "", "phase": "Pending"}]}
+        }));
+        let defaulted = release(json!({
+            "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+            "metadata": {"name": "r", "namespace": "home"},
+            "spec": {"application": "shop", "version": "1.0.0",
+                "workloads": [{"deployment": "api", "containers": [{"name": "app", "image": "i"}]}]}
+        }));
+        let candidates = [
+            "shop-dev",
+            "shop-live",
+            "shop-prod",
+            "shop-qa",
+            "shop-qa-old",
+            "shop-demo",
+            "shop",
+            "shop-",
+            "shopdev",
+            "other-dev",
+            "",
+            "home",
+        ];
+        for r in [&explicit, &defaulted] {
+            let listed = WorkloadCaches::release_namespaces(r);
+            for ns in candidates {
+                assert_eq!(
+                    WorkloadCaches::release_in_namespace(r, ns),
+                    listed.iter().any(|l| l == ns),
+                    "{ns} (listed: {listed:?})"
+                );
+            }
+        }
+        assert!(WorkloadCaches::release_in_namespace(&explicit, "shop-live"));
+        assert!(!WorkloadCaches::release_in_namespace(
+            &explicit,
+            "shop-prod"
+        ));
+        assert!(WorkloadCaches::release_in_namespace(
+            &defaulted,
+            "shop-demo"
+        ));
+    }
 }
