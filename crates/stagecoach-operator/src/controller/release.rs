@@ -364,6 +364,13 @@ async fn set_finalizer(
         Ok(written) => Ok(written.resource_version()),
         // Already gone: nothing holds it any more.
         Err(kube::Error::Api(status)) if status.code == 404 && !present => Ok(None),
+        // An apply to a Release that is gone is a create to the API server, which refuses
+        // it as invalid (no spec), not as missing: a second reconcile from a cache that
+        // has not yet seen the deletion. Gone is what removing the finalizer wanted.
+        Err(source) if !present && matches!(api.get_opt(&key.name).await, Ok(None)) => {
+            tracing::debug!(release = %key.name, error = %source, "the Release is already gone");
+            Ok(None)
+        }
         Err(source) => Err(ReconcileError::Finalizer(Box::new(source))),
     }
 }
