@@ -473,6 +473,10 @@ pub fn run_scale_benchmarks() -> Result<()> {
     let concurrency = workspace_root().join("tests/e2e/benches/concurrency.rs");
     if result.is_ok() {
         if concurrency.exists() {
+            // A fresh control plane: the scale benchmark's world (and its audit log) would
+            // otherwise be watched and cached by the next benchmark's operator too.
+            cluster.down()?;
+            cluster.up()?;
             result = run(
                 "concurrent rollouts (tests/e2e/benches/concurrency.rs)",
                 bench("concurrency"),

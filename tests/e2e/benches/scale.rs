@@ -886,7 +886,7 @@ impl IdleWindow {
             .iter()
             .filter(|((_, group, _, _), _)| group == "stagecoach.dev")
             .map(|(_, v)| v)
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 
     fn print(&self, title: &str) {
@@ -1324,7 +1324,7 @@ async fn bench() -> Result<()> {
         mib(hwm_before),
         mib(hwm_after)
     );
-    let after_relist = idle_window(
+    let mut after_relist = idle_window(
         idle_secs.saturating_sub(relist_window.as_secs()),
         &audit,
         operator_agent.as_deref(),
@@ -1332,6 +1332,7 @@ async fn bench() -> Result<()> {
         &before,
     )
     .await?;
+    after_relist.seconds = idle_secs;
     after_relist.print("writes from the API server's restart on");
     let after_relist_rss = sampler.between(back_at + relist_window, Instant::now());
 
@@ -1353,8 +1354,9 @@ async fn bench() -> Result<()> {
     let restart_hwm = proc_kib(operator.pid()?, "VmHWM:").unwrap_or(0);
     let restart_rss = proc_kib(operator.pid()?, "VmRSS:").unwrap_or(0);
     let restart_sampled = sampler.between(restart_at, Instant::now());
-    let after_restart =
+    let mut after_restart =
         idle_window(0, &audit, operator_agent.as_deref(), audit_from, &before).await?;
+    after_restart.seconds = restart_at.elapsed().as_secs();
     after_restart.print("writes in the 90 s after the operator restarted");
     let status_writes = operator.status_writes().await?;
     operator.stop().await?;
