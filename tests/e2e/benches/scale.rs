@@ -73,7 +73,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use stagecoach_api::{FeatureToggle, Pipeline, Release};
-use stagecoach_e2e::{FAST_POD_ANNOTATIONS, TestNamespace, eventually, install_crds, repo_root};
+use stagecoach_e2e::{
+    FAST_POD_ANNOTATIONS, RecordedProcess, TestNamespace, eventually, install_crds, repo_root,
+};
 use tokio::process::{Child, Command};
 
 const STAGES: [&str; 4] = ["dev", "qa", "demo", "prod"];
@@ -946,63 +948,19 @@ async fn idle_window(
 // ---------------------------------------------------------------------------------------
 // The API server, restarted.
 
-struct ApiServer {
-    program: String,
-    args: Vec<String>,
-    log: PathBuf,
-}
+struct ApiServer(RecordedProcess);
 
 impl ApiServer {
     fn from_cluster(dir: &Path) -> Result<Self> {
-        let file = dir.join("commands/kube-apiserver.json");
-        let command: Value = serde_json::from_str(
-            &std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?,
-        )?;
-        Ok(Self {
-            program: command["program"].as_str().context("program")?.to_owned(),
-            args: command["args"]
-                .as_array()
-                .context("args")?
-                .iter()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect(),
-            log: PathBuf::from(command["log"].as_str().context("log")?),
-        })
+        RecordedProcess::read(dir, "kube-apiserver").map(Self)
     }
 
-    /// Running processes with exactly this command line.
     fn pids(&self) -> Vec<u32> {
-        let wanted: Vec<&str> = std::iter::once(self.program.as_str())
-            .chain(self.args.iter().map(String::as_str))
-            .collect();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
-                    let argv: Vec<&str> = raw
-                        .split(|b| *b == 0)
-                        .filter(|a| !a.is_empty())
-                        .filter_map(|a| std::str::from_utf8(a).ok())
-                        .collect();
-                    argv == wanted
-                })
-            })
-            .collect()
+        self.0.pids()
     }
 
     async fn kill(&self) -> Result<()> {
-        let pids = self.pids();
-        ensure!(!pids.is_empty(), "no running kube-apiserver found");
-        for pid in &pids {
-            let status = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()?;
-            ensure!(status.success(), "kill -KILL {pid} failed");
-        }
+        self.0.sigkill()?;
         for _ in 0..100 {
             if self.pids().is_empty() {
                 return Ok(());
@@ -1017,18 +975,9 @@ impl ApiServer {
     /// after the kill its port can still be taken for a moment (the new one exits with
     /// "address already in use"): then it is started again.
     async fn start_ready(&self) -> Result<()> {
-        use std::os::unix::process::CommandExt;
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
-            let mut child = std::process::Command::new(&self.program)
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .context("starting kube-apiserver again")?;
+            let mut child = self.0.spawn()?;
             loop {
                 if kubectl(&["get", "--raw", "/readyz"]).is_ok() {
                     // It keeps running (dropping the handle neither kills nor waits).

@@ -470,6 +470,91 @@ pub fn release_manifest(
     })
 }
 
+/// A process of a local control plane as `cargo xtask cluster up` recorded how it was
+/// started: `commands/<name>.json` in the cluster's state directory. The fault tests and
+/// the scale benchmark kill one and start it again with the same command line.
+pub struct RecordedProcess {
+    pub program: String,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl RecordedProcess {
+    /// How `name` (`kube-apiserver`, `etcd`, ...) of the cluster in `cluster_dir` was started.
+    pub fn read(cluster_dir: &Path, name: &str) -> Result<Self> {
+        let file = cluster_dir.join(format!("commands/{name}.json"));
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let command: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(Self {
+            program: command["program"].as_str().context("program")?.to_owned(),
+            args: command["args"]
+                .as_array()
+                .context("args")?
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+            log: PathBuf::from(command["log"].as_str().context("log")?),
+        })
+    }
+
+    /// PIDs of running processes whose command line is exactly this one (the data
+    /// directory and ports in it make it this control plane's, not another's).
+    pub fn pids(&self) -> Vec<u32> {
+        let wanted: Vec<&str> = std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                    let argv: Vec<&str> = raw
+                        .split(|b| *b == 0)
+                        .filter(|a| !a.is_empty())
+                        .filter_map(|a| std::str::from_utf8(a).ok())
+                        .collect();
+                    argv == wanted
+                })
+            })
+            .collect()
+    }
+
+    /// Sends SIGKILL to every running process with this command line (at least one).
+    pub fn sigkill(&self) -> Result<()> {
+        let pids = self.pids();
+        if pids.is_empty() {
+            bail!("no running {} found", self.program);
+        }
+        for pid in &pids {
+            let status = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()?;
+            if !status.success() {
+                bail!("kill -KILL {pid} ({}) failed", self.program);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts it again with the same flags, appending to its log, in a process group of
+    /// its own (so it outlives the test; `cargo xtask cluster down` stops it).
+    pub fn spawn(&self) -> Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        std::process::Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} again", self.program))
+    }
+}
+
 /// A TCP port on 127.0.0.1 that is free right now.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use kube::Client;
 use kube::api::GetParams;
-use serde_json::{Value, json};
+use serde_json::json;
 use stagecoach_api::release::ReleasePhase;
-use stagecoach_e2e::{client, eventually, release_manifest};
+use stagecoach_e2e::{RecordedProcess, client, eventually, release_manifest};
 
 use release_support::*;
 
@@ -70,9 +70,7 @@ static CLEAN: tokio::sync::OnceCell<Measured> = tokio::sync::OnceCell::const_new
 /// One process of the shared control plane, as `commands/<name>.json` says it was started.
 struct Component {
     name: &'static str,
-    program: String,
-    args: Vec<String>,
-    log: PathBuf,
+    process: RecordedProcess,
 }
 
 impl Component {
@@ -83,68 +81,30 @@ impl Component {
                  the control plane's state directory"
             );
         };
-        let file = PathBuf::from(dir).join(format!("commands/{name}.json"));
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let command: Value = serde_json::from_str(&text)?;
         let component = Self {
             name,
-            program: command["program"].as_str().context("program")?.to_owned(),
-            args: command["args"]
-                .as_array()
-                .context("args")?
-                .iter()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect(),
-            log: PathBuf::from(command["log"].as_str().context("log")?),
+            process: RecordedProcess::read(&PathBuf::from(dir), name)?,
         };
         ensure!(
             component.pids().len() == 1,
-            "expected one running {name} started as {} says",
-            file.display()
+            "expected one running {name} started as its commands/{name}.json says"
         );
         Ok(component)
     }
 
-    /// PIDs of running processes whose command line is exactly this one (the data
-    /// directory and ports in it make it this control plane's, not another's).
     fn pids(&self) -> Vec<u32> {
-        let wanted: Vec<&str> = std::iter::once(self.program.as_str())
-            .chain(self.args.iter().map(String::as_str))
-            .collect();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
-                    let argv: Vec<&str> = raw
-                        .split(|b| *b == 0)
-                        .filter(|a| !a.is_empty())
-                        .filter_map(|a| std::str::from_utf8(a).ok())
-                        .collect();
-                    argv == wanted
-                })
-            })
-            .collect()
+        self.process.pids()
     }
 
     /// SIGKILL, and wait until it is gone. The returned guard starts it again when
     /// dropped, should the test fail before [`Outage::end`].
     fn kill(&self) -> Result<Outage<'_>> {
-        let pids = self.pids();
-        ensure!(!pids.is_empty(), "no running {} found", self.name);
+        ensure!(!self.pids().is_empty(), "no running {} found", self.name);
         let outage = Outage {
             component: self,
             ended: false,
         };
-        for pid in &pids {
-            let status = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status()?;
-            ensure!(status.success(), "kill -KILL {pid} ({}) failed", self.name);
-        }
+        self.process.sigkill()?;
         for _ in 0..100 {
             if self.pids().is_empty() {
                 return Ok(outage);
@@ -154,20 +114,10 @@ impl Component {
         bail!("{} still running 10 s after SIGKILL", self.name)
     }
 
-    /// Starts it again with the same flags, appending to its log, in a process group of
-    /// its own (so it outlives this test; `cargo xtask cluster down` stops it).
+    /// Starts it again with the same flags (see [`RecordedProcess::spawn`]); it keeps
+    /// running (dropping the handle neither kills nor waits).
     fn start(&self) -> Result<()> {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::OpenOptions::new().append(true).open(&self.log)?;
-        std::process::Command::new(&self.program)
-            .args(&self.args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {} again", self.name))?;
-        Ok(())
+        self.process.spawn().map(drop)
     }
 }
 
