@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -25,6 +23,7 @@ use crate::admin::{self, Readiness};
 use crate::archive;
 use crate::cli::RunArgs;
 use crate::context::Context;
+use crate::controller::cached::{CachedDeployment, CachedPod, CachedRevision};
 use crate::controller::scoped::Cache;
 use crate::controller::{self, pipeline, release, toggle, workloads};
 use crate::gates;
@@ -155,14 +154,14 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     // Only the pods the operator rolled out (canary pods, and stable pods running a
     // release) carry the rollout label: memory grows with releases, not with the cluster.
     let per_namespace = namespace.is_some();
-    let (deployment_cache, deployment_changes) = Cache::<Deployment>::new(
+    let (deployment_cache, deployment_changes) = Cache::<CachedDeployment>::new(
         &client,
         per_namespace,
         kube::runtime::watcher::Config::default(),
         readiness.cache("Deployment"),
         controller::ManagedFields::ManagersOnly,
     );
-    let (pod_cache, pod_changes) = Cache::<Pod>::new(
+    let (pod_cache, pod_changes) = Cache::<CachedPod>::new(
         &client,
         per_namespace,
         kube::runtime::watcher::Config::default()
@@ -170,7 +169,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         readiness.cache("Pod"),
         controller::ManagedFields::Drop,
     );
-    let (revision_cache, revision_changes) = Cache::<ControllerRevision>::new(
+    let (revision_cache, revision_changes) = Cache::<CachedRevision>::new(
         &client,
         per_namespace,
         kube::runtime::watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach"),
@@ -310,11 +309,11 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
             .map(|ns| ObjectRef::<Release>::new(&a.spec.release).within(&ns))
     };
     let releases = Controller::for_stream(release_changes, release_cache)
-        .watches_stream(deployment_changes, move |d: Deployment| {
+        .watches_stream(deployment_changes, move |d: CachedDeployment| {
             deployment_mapper(d.namespace())
         })
-        .watches_stream(pod_changes, move |p: Pod| pod_mapper(p.namespace()))
-        .watches_stream(revision_changes, move |r: ControllerRevision| {
+        .watches_stream(pod_changes, move |p: CachedPod| pod_mapper(p.namespace()))
+        .watches_stream(revision_changes, move |r: CachedRevision| {
             revision_mapper(r.namespace())
         })
         .watches_stream(approval_changes, approval_mapper)

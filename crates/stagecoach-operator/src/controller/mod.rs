@@ -6,6 +6,7 @@
 //! `stagecoach-engine`; apply writes only when the planned status differs from the
 //! current one.
 
+pub mod cached;
 pub mod fence;
 pub mod pipeline;
 pub mod release;
@@ -19,10 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateWaiting, ContainerStatus, ObjectReference, Pod,
-    PodCondition, PodSpec, PodStatus,
-};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -96,19 +94,12 @@ where
     let (reader, writer) = reflector::store();
     let objects = relisting_watcher(api, config)
         .backoff(WatchBackoff::default())
-        .modify(move |obj: &mut K| {
-            match managed_fields {
-                ManagedFields::Drop => obj.managed_fields_mut().clear(),
-                ManagedFields::ManagersOnly => {
-                    for entry in obj.managed_fields_mut() {
-                        entry.fields_v1 = None;
-                    }
+        .modify(move |obj: &mut K| match managed_fields {
+            ManagedFields::Drop => obj.managed_fields_mut().clear(),
+            ManagedFields::ManagersOnly => {
+                for entry in obj.managed_fields_mut() {
+                    entry.fields_v1 = None;
                 }
-            }
-            // The one pod cache is by far the largest (every pod of every Deployment a
-            // release has reached carries the rollout label): keep only what is read.
-            if let Some(pod) = (obj as &mut dyn std::any::Any).downcast_mut::<Pod>() {
-                compact_pod(pod);
             }
         })
         .reflect(writer)
@@ -121,73 +112,6 @@ where
         // once, not at the release's next requeue (a pause's end, say).
         .touched_objects();
     (reader, objects)
-}
-
-/// Keeps of a cached pod only what the release controller reads (`workloads::new_pod_health`
-/// and the event mappers): its identity, labels and deletion, each container's name and
-/// image, the Ready condition's type and status, and each container status's name,
-/// restart count, readiness and waiting reason. The scale benchmark's 3,000 rolled-out
-/// pods took about 13 KiB each in the cache (heaptrack: 40 MB of a 100 MB live heap);
-/// annotations, volumes, tolerations, owner references, the other conditions' times and
-/// messages and the container states' details are most of that.
-pub fn compact_pod(pod: &mut Pod) {
-    let metadata = &mut pod.metadata;
-    metadata.annotations = None;
-    metadata.owner_references = None;
-    metadata.managed_fields = None;
-    metadata.generate_name = None;
-    metadata.finalizers = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        let containers = std::mem::take(&mut spec.containers)
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                image: c.image,
-                ..Container::default()
-            })
-            .collect();
-        *spec = PodSpec {
-            containers,
-            ..PodSpec::default()
-        };
-    }
-    if let Some(status) = pod.status.take() {
-        let conditions = status.conditions.map(|conditions| {
-            conditions
-                .into_iter()
-                .map(|c| PodCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    ..PodCondition::default()
-                })
-                .collect()
-        });
-        let container_statuses = status.container_statuses.map(|statuses| {
-            statuses
-                .into_iter()
-                .map(|s| ContainerStatus {
-                    name: s.name,
-                    image: s.image,
-                    ready: s.ready,
-                    restart_count: s.restart_count,
-                    state: s.state.map(|state| ContainerState {
-                        waiting: state.waiting.map(|w| ContainerStateWaiting {
-                            reason: w.reason,
-                            message: None,
-                        }),
-                        ..ContainerState::default()
-                    }),
-                    ..ContainerStatus::default()
-                })
-                .collect()
-        });
-        pod.status = Some(PodStatus {
-            conditions,
-            container_statuses,
-            phase: status.phase,
-            ..PodStatus::default()
-        });
-    }
 }
 
 /// A [`watcher`] that starts over with a complete list after any error, instead of
@@ -449,89 +373,6 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A crash-looping canary pod as kwok reports it, compacted: everything the release
-    /// controller reads is still there, and the cached copy is much smaller.
-    #[test]
-    fn a_compacted_pod_keeps_what_the_release_controller_reads() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "api-canary-7d9f-abcde", "namespace": "shop-prod", "uid": "u-1",
-                "resourceVersion": "42", "generateName": "api-canary-7d9f-",
-                "deletionTimestamp": "2026-11-29T04:00:00Z",
-                "labels": {"app": "api", "stagecoach.dev/role": "canary", "stagecoach.dev/rollout": "true"},
-                "annotations": {"pod-create.stage.kwok.x-k8s.io/jitter-delay": "500ms"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-canary-7d9f", "uid": "rs"}],
-                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}]
-            },
-            "spec": {
-                "nodeName": "kwok-node-0",
-                "containers": [{"name": "app", "image": "shop/api:1.1.0",
-                    "env": [{"name": "A", "value": "b"}], "terminationMessagePath": "/dev/termination-log"}],
-                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}],
-                "volumes": [{"name": "token", "projected": {"sources": []}}]
-            },
-            "status": {
-                "phase": "Running",
-                "conditions": [
-                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "containers with unready status", "lastTransitionTime": "2026-11-29T04:00:00Z"},
-                    {"type": "Initialized", "status": "True", "lastTransitionTime": "2026-11-29T04:00:00Z"}
-                ],
-                "containerStatuses": [{"name": "app", "image": "shop/api:1.1.0", "imageID": "x", "ready": false,
-                    "restartCount": 5, "started": false,
-                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}}}]
-            }
-        }))
-        .unwrap();
-        let before = serde_json::to_vec(&pod).unwrap().len();
-        compact_pod(&mut pod);
-        let after = serde_json::to_vec(&pod).unwrap().len();
-        assert!(after * 2 < before, "{before} -> {after} bytes");
-
-        assert_eq!(pod.name_any(), "api-canary-7d9f-abcde");
-        assert_eq!(pod.namespace().as_deref(), Some("shop-prod"));
-        assert_eq!(pod.metadata.uid.as_deref(), Some("u-1"));
-        assert_eq!(pod.resource_version().as_deref(), Some("42"));
-        assert!(pod.metadata.deletion_timestamp.is_some());
-        assert_eq!(pod.labels().len(), 3);
-        assert!(pod.metadata.annotations.is_none() && pod.metadata.owner_references.is_none());
-        let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.containers.len(), 1);
-        assert_eq!(spec.containers[0].name, "app");
-        assert_eq!(spec.containers[0].image.as_deref(), Some("shop/api:1.1.0"));
-        assert!(
-            spec.containers[0].env.is_none()
-                && spec.volumes.is_none()
-                && spec.tolerations.is_none()
-        );
-        let status = pod.status.as_ref().unwrap();
-        let conditions = status.conditions.as_ref().unwrap();
-        assert_eq!(
-            conditions
-                .iter()
-                .map(|c| (c.type_.as_str(), c.status.as_str()))
-                .collect::<Vec<_>>(),
-            [("Ready", "False"), ("Initialized", "True")]
-        );
-        assert!(conditions.iter().all(|c| c.message.is_none()));
-        let container = &status.container_statuses.as_ref().unwrap()[0];
-        assert_eq!(container.restart_count, 5);
-        assert_eq!(
-            container
-                .state
-                .as_ref()
-                .and_then(|s| s.waiting.as_ref())
-                .and_then(|w| w.reason.as_deref()),
-            Some("CrashLoopBackOff")
-        );
-        assert!(container.last_state.is_none());
-
-        // Compacting twice (a relist of a cached pod) changes nothing more.
-        let once = pod.clone();
-        compact_pod(&mut pod);
-        assert_eq!(pod, once);
-    }
 
     #[test]
     fn truncate_respects_char_boundaries() {

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
@@ -23,6 +22,7 @@ use stagecoach_engine::release::rollout::{
     CANARY_LABEL, CANARY_ROLE, ROLLOUT_LABEL, ROLLOUT_VALUE, canary_name, revision_name,
 };
 
+use super::cached::{CachedDeployment, CachedPod, CachedRevision};
 use super::fence::{Cached, WriteFence};
 use super::scoped::Cache;
 use crate::error::ReconcileError;
@@ -38,15 +38,14 @@ pub const TEMPLATE_HASH_ANNOTATION: &str = "stagecoach.dev/template-hash";
 /// `--namespace`) only the stage namespaces of the watched Releases (see [`Cache`]).
 #[derive(Clone)]
 pub struct WorkloadCaches {
-    pub deployments: Cache<Deployment>,
-    pub pods: Cache<Pod>,
-    pub revisions: Cache<ControllerRevision>,
+    pub deployments: Cache<CachedDeployment>,
+    pub pods: Cache<CachedPod>,
+    pub revisions: Cache<CachedRevision>,
 }
 
-fn deployment_state(deployment: &Deployment) -> DeploymentState {
-    let spec = deployment.spec.clone().unwrap_or_default();
-    let status = deployment.status.clone().unwrap_or_default();
-    let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
+fn deployment_state(deployment: &CachedDeployment) -> DeploymentState {
+    let (spec, status) = (&deployment.spec, &deployment.status);
+    let deadline_exceeded = status.conditions.iter().any(|c| {
         c.type_ == "Progressing"
             && c.status == "False"
             && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
@@ -59,7 +58,7 @@ fn deployment_state(deployment: &Deployment) -> DeploymentState {
         updated: status.updated_replicas.unwrap_or(0),
         ready: status.ready_replicas.unwrap_or(0),
         available: status.available_replicas.unwrap_or(0),
-        template: serde_json::to_value(&spec.template).unwrap_or(Value::Null),
+        template: deployment.template(),
         deadline_exceeded,
         applied_hash: deployment
             .annotations()
@@ -72,7 +71,7 @@ fn deployment_state(deployment: &Deployment) -> DeploymentState {
 /// The field manager that most recently changed the Deployment's spec (not a
 /// subresource such as `status` or `scale`), other than Stagecoach itself. The cache keeps
 /// managedFields without their field sets for exactly this.
-fn last_editor(deployment: &Deployment) -> Option<String> {
+fn last_editor(deployment: &CachedDeployment) -> Option<String> {
     deployment
         .metadata
         .managed_fields
@@ -88,8 +87,8 @@ fn last_editor(deployment: &Deployment) -> Option<String> {
         .and_then(|m| m.manager.clone())
 }
 
-fn recorded(revision: &ControllerRevision) -> Option<RecordedRevision> {
-    let data = revision.data.as_ref()?.0.clone();
+fn recorded(revision: &CachedRevision) -> Option<RecordedRevision> {
+    let data = revision.data();
     Some(RecordedRevision {
         name: revision.name_any(),
         hash: data.get("hash")?.as_str()?.to_owned(),
@@ -100,7 +99,7 @@ fn recorded(revision: &ControllerRevision) -> Option<RecordedRevision> {
 /// Health of the pods selected by `deployment` whose named containers run the release's
 /// images.
 fn new_pod_health(
-    pods: &[std::sync::Arc<Pod>],
+    pods: &[std::sync::Arc<CachedPod>],
     selector: &BTreeMap<String, String>,
     workload: &Workload,
 ) -> PodHealth {
@@ -113,11 +112,7 @@ fn new_pod_health(
         if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             continue;
         }
-        let containers = pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.as_slice())
-            .unwrap_or_default();
+        let containers = &pod.spec.containers;
         let runs_release = workload.containers.iter().all(|wanted| {
             containers
                 .iter()
@@ -127,28 +122,16 @@ fn new_pod_health(
             continue;
         }
         health.total += 1;
-        let status = pod.status.clone().unwrap_or_default();
-        if status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-        {
+        if pod.ready() {
             health.ready += 1;
         }
-        let statuses = status.container_statuses.unwrap_or_default();
-        if statuses.iter().any(|s| {
-            s.state
-                .as_ref()
-                .and_then(|st| st.waiting.as_ref())
-                .and_then(|w| w.reason.as_deref())
-                == Some("CrashLoopBackOff")
-        }) {
+        if pod
+            .waiting_reasons()
+            .any(|reason| reason == "CrashLoopBackOff")
+        {
             health.crash_looping += 1;
         }
-        health.max_restarts = health
-            .max_restarts
-            .max(statuses.iter().map(|s| s.restart_count).max().unwrap_or(0));
+        health.max_restarts = health.max_restarts.max(pod.max_restarts());
     }
     health
 }
@@ -161,7 +144,7 @@ impl WorkloadCaches {
         spec: &ReleaseSpec,
         stages: &[ResolvedStage],
     ) -> BTreeMap<String, StageObservation> {
-        let pods_by_namespace: BTreeMap<String, Vec<std::sync::Arc<Pod>>> =
+        let pods_by_namespace: BTreeMap<String, Vec<std::sync::Arc<CachedPod>>> =
             Self::stage_namespaces(stages)
                 .into_iter()
                 .map(|ns| {
@@ -183,8 +166,7 @@ impl WorkloadCaches {
                 let stable = get(&workload.deployment);
                 let selector = stable
                     .as_ref()
-                    .and_then(|d| d.spec.as_ref())
-                    .and_then(|s| s.selector.match_labels.clone())
+                    .and_then(|d| d.spec.selector.match_labels.clone())
                     .unwrap_or_default();
                 let pods = pods_by_namespace
                     .get(&namespace)
@@ -468,8 +450,7 @@ async fn apply_canary(
         .get(&ObjectRef::new(deployment).within(namespace));
     let mut selector = stable
         .as_ref()
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.selector.match_labels.clone())
+        .and_then(|d| d.spec.selector.match_labels.clone())
         .unwrap_or_default();
     selector.insert(CANARY_LABEL.to_owned(), CANARY_ROLE.to_owned());
     let name = canary_name(deployment);
