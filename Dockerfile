@@ -33,7 +33,10 @@ FROM rust:${RUST_VERSION}-bookworm AS chef
 ARG CARGO_CHEF_VERSION
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
-# musl-tools: musl-gcc, which compiles the C parts (ring, mimalloc) for the musl target.
+# jemalloc's settings, compiled into it: the same as .cargo/config.toml's (which says
+# why); `cargo xtask image` checks that they agree.
+ENV JEMALLOC_SYS_WITH_MALLOC_CONF="background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2"
+# musl-tools: musl-gcc, which compiles the C parts (ring, jemalloc) for the musl target.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
  && rm -rf /var/lib/apt/lists/* \

@@ -45,7 +45,7 @@ pub fn check(profile: Profile) -> Result<()> {
 }
 
 /// `cargo build` with the Dockerfile's flags; installs the musl target (rustup) and
-/// musl-gcc (Debian's musl-tools, for the C in ring and mimalloc) when missing. Returns
+/// musl-gcc (Debian's musl-tools, for the C in ring and jemalloc) when missing. Returns
 /// the binary.
 fn build_static(profile: Profile) -> Result<PathBuf> {
     let target = musl_target();
@@ -121,12 +121,72 @@ fn check_binary(binary: &Path) -> Result<()> {
         said == expected,
         "the static binary says {said:?}, expected {expected:?}"
     );
+    check_allocator_settings(binary)?;
     #[allow(clippy::cast_precision_loss)] // a file size in MiB
     let mib = bytes.len() as f64 / (1024.0 * 1024.0);
     eprintln!(
         "static binary {}: {mib:.1} MiB, statically linked, {said}",
         binary.display()
     );
+    Ok(())
+}
+
+/// The build-time variable with jemalloc's settings (the operator's allocator).
+const MALLOC_CONF_VAR: &str = "JEMALLOC_SYS_WITH_MALLOC_CONF";
+
+/// The value `text` (.cargo/config.toml or the Dockerfile) gives [`MALLOC_CONF_VAR`].
+pub fn malloc_conf_in(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        let line = line.strip_prefix("ENV ").unwrap_or(line).trim_start();
+        let value = line
+            .strip_prefix(MALLOC_CONF_VAR)?
+            .trim_start()
+            .strip_prefix('=')?;
+        Some(value.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// Whether the Dockerfile (`text`) builds jemalloc with the settings .cargo/config.toml
+/// gives it (the image's dependencies are built before the sources, and so the
+/// workspace's cargo configuration, are copied in).
+pub fn malloc_conf_problem(text: &str) -> Option<String> {
+    match (malloc_conf_in(text), malloc_conf()) {
+        (Some(image), Ok(build)) if image == build => None,
+        (image, build) => Some(format!(
+            "the Dockerfile must set {MALLOC_CONF_VAR} as .cargo/config.toml does \
+             (Dockerfile: {image:?}, .cargo/config.toml: {:?})",
+            build.ok()
+        )),
+    }
+}
+
+/// The settings .cargo/config.toml compiles into jemalloc.
+fn malloc_conf() -> Result<String> {
+    let path = workspace_root().join(".cargo/config.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    malloc_conf_in(&text).with_context(|| format!("{} sets no {MALLOC_CONF_VAR}", path.display()))
+}
+
+/// The binary's jemalloc runs with the settings .cargo/config.toml gives it (jemalloc
+/// prints its options at exit when asked to through `_RJEM_MALLOC_CONF`).
+fn check_allocator_settings(binary: &Path) -> Result<()> {
+    let conf = malloc_conf()?;
+    let output = Command::new(binary)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let printed = String::from_utf8_lossy(&output.stderr);
+    for setting in conf.split(',') {
+        let (name, value) = setting.split_once(':').unwrap_or((setting, ""));
+        ensure!(
+            printed.contains(&format!("opt.{name}: {value}")),
+            "{} does not run jemalloc with {setting} ({MALLOC_CONF_VAR} in .cargo/config.toml)",
+            binary.display()
+        );
+    }
     Ok(())
 }
 
@@ -210,7 +270,8 @@ fn lint_dockerfile() -> Result<()> {
         );
     }
     let text = std::fs::read_to_string(&path)?;
-    let problems = dockerfile_problems(&text);
+    let mut problems = dockerfile_problems(&text);
+    problems.extend(malloc_conf_problem(&text));
     ensure!(
         problems.is_empty(),
         "the Dockerfile breaks the project's rules:\n  {}",
@@ -354,6 +415,12 @@ mod tests {
     fn the_repositorys_dockerfile_keeps_the_rules() {
         let text = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap_or_default();
         assert_eq!(dockerfile_problems(&text), Vec::<String>::new());
+        assert_eq!(malloc_conf_problem(&text), None);
+        assert!(
+            malloc_conf_problem("FROM x:1\nENV JEMALLOC_SYS_WITH_MALLOC_CONF=\"narenas:1\"\n")
+                .is_some()
+        );
+        assert!(malloc_conf_problem("FROM x:1\n").is_some());
     }
 
     #[test]

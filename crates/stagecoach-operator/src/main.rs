@@ -27,9 +27,14 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, RunArgs};
 
-/// mimalloc rather than the system allocator: see the `mimalloc` line in Cargo.toml.
+/// jemalloc rather than the system allocator, built to give freed memory back to the
+/// system (`JEMALLOC_SYS_WITH_MALLOC_CONF` in .cargo/config.toml and the Dockerfile): see
+/// the `tikv-jemallocator` line in Cargo.toml. Built without the
+/// `jemalloc` feature the system allocator is used, which is what heap profilers such as
+/// heaptrack see (`cargo build --no-default-features`).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
