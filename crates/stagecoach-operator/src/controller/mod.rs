@@ -9,6 +9,7 @@
 pub mod cached;
 pub mod fence;
 pub mod pipeline;
+pub mod reflect;
 pub mod release;
 pub mod scoped;
 pub mod toggle;
@@ -92,6 +93,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let mut reflector = reflect::Reflector::new(writer);
     let objects = relisting_watcher(api, config)
         .backoff(WatchBackoff::default())
         .modify(move |obj: &mut K| match managed_fields {
@@ -102,7 +104,13 @@ where
                 }
             }
         })
-        .reflect(writer)
+        // Not kube's `reflect`: a relist does not hold the cache twice (see reflect.rs).
+        .map(move |event| {
+            if let Ok(event) = &event {
+                reflector.apply(event);
+            }
+            event
+        })
         .inspect(move |event| {
             if let (Ok(watcher::Event::InitDone), Some(synced)) = (event, &synced) {
                 synced.synced();
