@@ -93,32 +93,27 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let mut reflector = reflect::Reflector::new(writer);
-    let objects = relisting_watcher(api, config)
-        .backoff(WatchBackoff::default())
-        .modify(move |obj: &mut K| match managed_fields {
-            ManagedFields::Drop => obj.managed_fields_mut().clear(),
-            ManagedFields::ManagersOnly => {
-                for entry in obj.managed_fields_mut() {
-                    entry.fields_v1 = None;
+    let objects = reflect::reflect(
+        relisting_watcher(api, config)
+            .backoff(WatchBackoff::default())
+            .modify(move |obj: &mut K| match managed_fields {
+                ManagedFields::Drop => obj.managed_fields_mut().clear(),
+                ManagedFields::ManagersOnly => {
+                    for entry in obj.managed_fields_mut() {
+                        entry.fields_v1 = None;
+                    }
                 }
-            }
-        })
-        // Not kube's `reflect`: a relist does not hold the cache twice (see reflect.rs).
-        .map(move |event| {
-            if let Ok(event) = &event {
-                reflector.apply(event);
-            }
-            event
-        })
-        .inspect(move |event| {
-            if let (Ok(watcher::Event::InitDone), Some(synced)) = (event, &synced) {
-                synced.synced();
-            }
-        })
-        // Deleted objects too: a Deployment deleted mid-rollout must fail its stage at
-        // once, not at the release's next requeue (a pause's end, say).
-        .touched_objects();
+            }),
+        writer,
+    )
+    .inspect(move |event| {
+        if let (Ok(watcher::Event::InitDone), Some(synced)) = (event, &synced) {
+            synced.synced();
+        }
+    })
+    // Deleted objects too: a Deployment deleted mid-rollout must fail its stage at
+    // once, not at the release's next requeue (a pause's end, say).
+    .touched_objects();
     (reader, objects)
 }
 
@@ -127,8 +122,8 @@ where
 /// after other errors it resumes from the version it had. Against an API server that was
 /// restarted, such a resumed watch was accepted and then stayed silent for 20 s to 2 min
 /// before the new server answered 410 Gone (measured on the test control plane), and the
-/// cache stayed stale all that time. A fresh watcher lists anew; the reflector swaps the
-/// whole cache in when that list is complete. Errors are rare (the API server went away,
+/// cache stayed stale all that time. A fresh watcher lists anew; the reflector
+/// ([`reflect::reflect`]) applies what changed and removes what the list lacks. Errors are rare (the API server went away,
 /// a watch expired), so the extra list is cheap.
 pub fn relisting_watcher<K>(
     api: Api<K>,

@@ -14,10 +14,29 @@
 
 use std::collections::HashSet;
 
+use futures::{Stream, StreamExt};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{Lookup, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+
+/// What kube's `reflect` does to a stream of watcher events, through a [`Reflector`]:
+/// each event is applied to `writer`'s store, then passed on.
+pub fn reflect<K, E>(
+    events: impl Stream<Item = Result<watcher::Event<K>, E>>,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<watcher::Event<K>, E>>
+where
+    K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + 'static,
+{
+    let mut reflector = Reflector::new(writer);
+    events.map(move |event| {
+        if let Ok(event) = &event {
+            reflector.apply(event);
+        }
+        event
+    })
+}
 
 /// Applies watcher events to a reflector store (see the module docs).
 pub struct Reflector<K: Resource<DynamicType = ()> + Lookup<DynamicType = ()> + Clone + 'static> {

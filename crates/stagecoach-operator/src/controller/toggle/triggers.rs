@@ -32,7 +32,7 @@ use super::ToggleContext;
 use super::cache::compact_for_cache;
 use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
 use crate::admin::CacheSync;
-use crate::controller::reflect::Reflector;
+use crate::controller::reflect;
 use crate::controller::workloads::MANAGED_BY;
 use crate::controller::{WatchBackoff, relisting_watcher};
 
@@ -156,29 +156,24 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let mut reflector = Reflector::new(writer);
-    let objects = relisting_watcher(api, watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        .modify(move |obj: &mut K| {
-            obj.managed_fields_mut().clear();
-            compact(obj);
-        })
-        // Not kube's `reflect`: a relist does not hold the cache twice (see reflect.rs).
-        .map(move |event| {
-            if let Ok(event) = &event {
-                reflector.apply(event);
+    let objects = reflect::reflect(
+        relisting_watcher(api, watcher::Config::default())
+            .backoff(WatchBackoff::default())
+            .modify(move |obj: &mut K| {
+                obj.managed_fields_mut().clear();
+                compact(obj);
+            }),
+        writer,
+    )
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            if let watcher::Event::InitDone = event {
+                synced.synced();
             }
-            event
-        })
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                if let watcher::Event::InitDone = event {
-                    synced.synced();
-                }
-                tell(event);
-            }
-        })
-        .applied_objects();
+            tell(event);
+        }
+    })
+    .applied_objects();
     (reader, objects)
 }
 
