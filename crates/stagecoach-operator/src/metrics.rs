@@ -41,6 +41,7 @@ pub struct ReleaseMetrics {
     pub lead_time: prometheus::Histogram,
     pub by_phase: prometheus::IntGaugeVec,
     pub stale_views: prometheus::IntCounter,
+    pub starts_paced: prometheus::IntCounter,
     pub gate_verdicts: IntCounterVec,
     pub rollouts_in_progress: prometheus::IntGaugeVec,
 }
@@ -92,8 +93,14 @@ impl ReleaseMetrics {
             "stagecoach_stale_cache_waits_total",
             "Release reconciles that waited because a cache had not yet seen the operator's own last write.",
         )?;
+        let starts_paced = prometheus::IntCounter::new(
+            "stagecoach_release_starts_paced_total",
+            "Times a new release was told to wait before starting because the API server was \
+             answering the operator's writes slowly (see controller::pacer).",
+        )?;
         registry.register(Box::new(by_phase.clone()))?;
         registry.register(Box::new(stale_views.clone()))?;
+        registry.register(Box::new(starts_paced.clone()))?;
         let gate_verdicts = IntCounterVec::new(
             Opts::new(
                 "stagecoach_gate_verdicts_total",
@@ -120,6 +127,7 @@ impl ReleaseMetrics {
             lead_time,
             by_phase,
             stale_views,
+            starts_paced,
             gate_verdicts,
             rollouts_in_progress,
         })

@@ -249,6 +249,8 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         notifier,
         archiver,
         gates: gate_evaluator,
+        pacer: controller::pacer::StartPacer::new(std::time::Instant::now()),
+        progress: controller::pacer::ProgressWrites::default(),
     });
     let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
         move |namespace: Option<String>| {

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod observed;
 pub mod phases;
 pub mod plan;
+pub mod progress_only;
 pub mod promote;
 pub mod providers;
 pub mod rollout;

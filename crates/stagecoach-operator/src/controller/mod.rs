@@ -8,6 +8,7 @@
 
 pub mod cached;
 pub mod fence;
+pub mod pacer;
 pub mod pipeline;
 pub mod reflect;
 pub mod release;

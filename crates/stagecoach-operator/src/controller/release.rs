@@ -62,6 +62,10 @@ pub struct ReleaseContext {
     pub archiver: crate::archive::Archiver,
     /// Evaluates the current stage's gates in the background (see [`crate::gates`]).
     pub gates: crate::gates::GateEvaluator,
+    /// Paces the start of new releases by the API server's pace (see [`super::pacer`]).
+    pub pacer: super::pacer::StartPacer,
+    /// When each release's status was last written (progress is written every few seconds).
+    pub progress: super::pacer::ProgressWrites,
 }
 
 /// Reconciles one Release: observe -> plan -> apply.
@@ -185,7 +189,16 @@ async fn reconcile_release(
             .and_then(|s| s.phase)
             .is_some_and(ReleasePhase::is_terminal)
     {
+        // A start: paced while the API server is slow, so the releases already rolling
+        // out keep their pace (nothing is written before the turn comes).
+        if let Err(wait) = ctx.pacer.admit(&fence_name(key)) {
+            debug!(?wait, "start paced: the API server answers slowly");
+            ctx.base.metrics.releases().starts_paced.inc();
+            return Ok(Action::requeue(wait));
+        }
+        let began = Instant::now();
         let version = set_finalizer(ctx, key, true).await?;
+        ctx.pacer.observe(began.elapsed());
         ctx.fence.wrote(fence_key(key), version.as_deref());
     }
 
@@ -230,12 +243,27 @@ async fn reconcile_release(
     // Apply (client required). A rollback is recorded (status, Events, metrics) before
     // its actions, so neither a crash nor a failing action can lose the decision; anything
     // else changes the workloads first and records the step once the change is made.
-    let status_changed = current != Some(&plan.status);
+    let mut status_changed = current != Some(&plan.status);
+    // A change that only reports progress (pod counts, a gate's latest message) waits a
+    // little after the last write: under load it changes with every pod, and a Release
+    // write is one of the costlier ones for the API server. A decision is written at once.
+    if status_changed
+        && !plan.status_first
+        && plan.actions.is_empty()
+        && plan.events.is_empty()
+        && stagecoach_engine::release::progress_only::progress_only(current, &plan.status)
+        && let Some(wait) = ctx.progress.wait(&fence_name(key))
+    {
+        debug!(?wait, "progress written after the interval");
+        status_changed = false;
+        plan.requeue_after = Some(plan.requeue_after.map_or(wait, |r| r.min(wait)));
+    }
     if plan.status_first && status_changed {
         record(ctx, release, key, current, &plan).await?;
     }
     for action in &plan.actions {
         debug!(?action, "applying");
+        let began = Instant::now();
         workloads::execute(
             &ctx.base.client,
             &ctx.caches,
@@ -244,6 +272,7 @@ async fn reconcile_release(
             action,
         )
         .await?;
+        ctx.pacer.observe(began.elapsed());
     }
     if !plan.status_first && status_changed {
         record(ctx, release, key, current, &plan).await?;
@@ -292,6 +321,11 @@ async fn reconcile_release(
         requeue.min(ACTIVE_RESYNC)
     };
     Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
+}
+
+/// `namespace/name` of the release, as the pacers key it.
+fn fence_name(key: &ObjectKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
 }
 
 fn fence_key(key: &ObjectKey) -> super::fence::FenceKey {
@@ -383,7 +417,10 @@ async fn record(
     current: Option<&stagecoach_api::ReleaseStatus>,
     plan: &Plan,
 ) -> Result<(), ReconcileError> {
+    let began = Instant::now();
     let version = apply_status::<Release>(&ctx.base, key, &plan.status).await?;
+    ctx.pacer.observe(began.elapsed());
+    ctx.progress.wrote(&fence_name(key));
     ctx.fence.wrote(fence_key(key), version.as_deref());
     record_metrics(ctx, plan);
     crate::telemetry::release_recorded(&ctx.base.metrics, release, current, plan);
