@@ -183,24 +183,6 @@ async fn reconcile_release(
         return Ok(Action::requeue(STALE_RETRY));
     }
     let current = release.status.as_ref();
-    if !deleting
-        && !has_finalizer
-        && !current
-            .and_then(|s| s.phase)
-            .is_some_and(ReleasePhase::is_terminal)
-    {
-        // A start: paced while the API server is slow, so the releases already rolling
-        // out keep their pace (nothing is written before the turn comes).
-        if let Err(wait) = ctx.pacer.admit(&fence_name(key)) {
-            debug!(?wait, "start paced: the API server answers slowly");
-            ctx.base.metrics.releases().starts_paced.inc();
-            return Ok(Action::requeue(wait));
-        }
-        let began = Instant::now();
-        let version = set_finalizer(ctx, key, true).await?;
-        ctx.pacer.observe(began.elapsed());
-        ctx.fence.wrote(fence_key(key), version.as_deref());
-    }
 
     // Observe (no client required): caches only.
     let observed = ctx
@@ -239,6 +221,29 @@ async fn reconcile_release(
         max_backoff: ctx.notifier.max_backoff(),
     };
     let mut plan = notify::plan(&input, &deliveries);
+
+    // The finalizer goes on before anything else is written: from then on a deletion
+    // restores what the release changed. A plan that changes workloads for a release
+    // without one is a start, paced while the API server answers slowly so that the
+    // releases already rolling out keep their pace (nothing is written while it waits).
+    if !deleting
+        && !has_finalizer
+        && !current
+            .and_then(|s| s.phase)
+            .is_some_and(ReleasePhase::is_terminal)
+    {
+        if !plan.actions.is_empty()
+            && let Err(wait) = ctx.pacer.admit(&fence_name(key))
+        {
+            debug!(?wait, "start paced: the API server answers slowly");
+            ctx.base.metrics.releases().starts_paced.inc();
+            return Ok(Action::requeue(wait));
+        }
+        let began = Instant::now();
+        let version = set_finalizer(ctx, key, true).await?;
+        ctx.pacer.observe(began.elapsed());
+        ctx.fence.wrote(fence_key(key), version.as_deref());
+    }
 
     // Apply (client required). A rollback is recorded (status, Events, metrics) before
     // its actions, so neither a crash nor a failing action can lose the decision; anything
