@@ -251,6 +251,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         gates: gate_evaluator,
         pacer: controller::pacer::StartPacer::new(std::time::Instant::now()),
         progress: controller::pacer::ProgressWrites::default(),
+        event_tasks: std::sync::Mutex::default(),
     });
     let by_namespace = |store: kube::runtime::reflector::Store<Release>| {
         move |namespace: Option<String>| {

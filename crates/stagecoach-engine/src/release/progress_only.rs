@@ -103,4 +103,47 @@ mod tests {
         phase.message = Some("rolled back".into());
         assert!(!progress_only(Some(&before), &phase));
     }
+
+    /// What makes deferring progress safe for counting gates: whenever a configured
+    /// gate's tally records a measurement, a tally changes, so that change is a decision
+    /// and is written at once (a count is never held back and never counted twice).
+    #[test]
+    fn a_configured_gate_that_counts_a_measurement_is_never_progress_only() {
+        use crate::release::gate::{GateModel, Measurement, tally};
+        let model = GateModel {
+            count: 3,
+            failure_limit: 2,
+            inconclusive_limit: Some(5),
+            on_inconclusive: stagecoach_api::release::InconclusivePolicy::Pause,
+        };
+        let mut previous: Option<GateStatus> = None;
+        for (i, verdict) in [
+            GateVerdict::Inconclusive,
+            GateVerdict::Inconclusive,
+            GateVerdict::Passing,
+            GateVerdict::Failing,
+            GateVerdict::Passing,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let measurement = Measurement {
+                verdict,
+                message: format!("measured {i}"),
+                value: Some(i.to_string()),
+                at: Utc
+                    .timestamp_opt(1_800_000_000 + i64::try_from(i).unwrap(), 0)
+                    .unwrap(),
+            };
+            let (gate, _) = tally("latency", previous.as_ref(), &measurement, model);
+            let mut before = status();
+            before.stages[0].gates = previous.iter().cloned().collect();
+            let mut after = before.clone();
+            after.stages[0].gates = vec![gate.clone()];
+            if previous.is_some() {
+                assert!(!progress_only(Some(&before), &after), "measurement {i}");
+            }
+            previous = Some(gate);
+        }
+    }
 }

@@ -30,8 +30,12 @@ pub const SLOW_WRITE: Duration = Duration::from_millis(200);
 pub const WINDOW: Duration = Duration::from_millis(250);
 /// The longest a waiting release is told to wait before asking again.
 pub const LONGEST_WAIT: Duration = Duration::from_secs(5);
-/// A waiting release that has not asked again for this long has left the queue.
-const FORGOTTEN: Duration = Duration::from_secs(15);
+/// A waiting release that has not asked again this long after its turn was due has left
+/// the queue (deleted, superseded, or started without a token), so it holds up no one.
+const GRACE: Duration = Duration::from_secs(1);
+/// A write that failed counts as this slow: errors and timeouts are the clearest sign of
+/// an API server that cannot keep up.
+pub const FAILED_WRITE: Duration = Duration::from_secs(1);
 
 /// The pacer shared by the release controller's reconciles.
 #[derive(Debug)]
@@ -52,8 +56,24 @@ impl StartPacer {
         self.lock().admit(release, Instant::now())
     }
 
-    /// Counts a write of the operator that took `took`.
-    pub fn observe(&self, took: Duration) {
+    /// `release` no longer waits to start (deleted, or started without a token).
+    pub fn forget(&self, release: &str) {
+        self.lock().forget(release);
+    }
+
+    /// `release` was admitted but its first write failed: it is first in line again.
+    pub fn readmit_first(&self, release: &str) {
+        self.lock().readmit_first(release, Instant::now());
+    }
+
+    /// Counts a write of the operator that took `took` (a failed one as [`FAILED_WRITE`]
+    /// at least).
+    pub fn observe<T, E>(&self, took: Duration, result: &Result<T, E>) {
+        let took = if result.is_err() {
+            took.max(FAILED_WRITE)
+        } else {
+            took
+        };
         self.lock().observe(took, Instant::now());
     }
 
@@ -74,7 +94,8 @@ pub struct Pacer {
     window_started: Instant,
     window_total: Duration,
     window_writes: u32,
-    /// Releases waiting for a token, first come first, with when each last asked.
+    /// Releases waiting for a token, first come first, with when each counts as gone if it
+    /// has not asked again (its turn plus [`GRACE`]).
     queue: VecDeque<(String, Instant)>,
 }
 
@@ -94,10 +115,8 @@ impl Pacer {
     pub fn admit(&mut self, release: &str, now: Instant) -> Result<(), Duration> {
         self.roll_window(now);
         self.refill(now);
-        self.queue
-            .retain(|(_, asked)| now.saturating_duration_since(*asked) < FORGOTTEN);
+        self.queue.retain(|(r, gone)| r == release || now < *gone);
         let position = if let Some(p) = self.queue.iter().position(|(r, _)| r == release) {
-            self.queue[p].1 = now;
             p
         } else {
             self.queue.push_back((release.to_owned(), now));
@@ -111,9 +130,21 @@ impl Pacer {
             Ok(())
         } else {
             let missing = ahead + 1.0 - self.tokens;
-            Err(Duration::from_secs_f64(missing / self.rate)
-                .clamp(Duration::from_millis(10), LONGEST_WAIT))
+            let wait = Duration::from_secs_f64(missing / self.rate)
+                .clamp(Duration::from_millis(10), LONGEST_WAIT);
+            self.queue[position].1 = now + wait + GRACE;
+            Err(wait)
         }
+    }
+
+    pub fn forget(&mut self, release: &str) {
+        self.queue.retain(|(r, _)| r != release);
+    }
+
+    pub fn readmit_first(&mut self, release: &str, now: Instant) {
+        self.forget(release);
+        self.queue
+            .push_front((release.to_owned(), now + LONGEST_WAIT + GRACE));
     }
 
     /// Releases waiting for a token.
@@ -228,6 +259,10 @@ mod tests {
             now += WINDOW;
             p.observe(ms(900), now);
         }
+        // A failed write counts as slow.
+        let pacer = StartPacer::new(t0);
+        pacer.observe::<(), ()>(ms(1), &Err(()));
+        assert_eq!(pacer.lock().window_total, FAILED_WRITE);
         assert!((p.rate - MIN_RATE).abs() < f64::EPSILON, "{}", p.rate);
         // At the floor a start is still admitted every quarter second (plus the bucket's
         // one second of tokens), while writes stay slow.
@@ -286,13 +321,24 @@ mod tests {
         let mut p = Pacer::new(t0);
         p.rate = MIN_RATE;
         p.tokens = 0.0;
-        assert!(p.admit("deleted", t0).is_err());
-        assert!(p.admit("next", t0).is_err());
-        let later = t0 + FORGOTTEN + ms(1);
-        p.observe(ms(900), t0 + ms(14_901));
+        let first = p.admit("deleted", t0).unwrap_err();
+        let second = p.admit("next", t0).unwrap_err();
+        assert!(second > first);
+        // "deleted" never asks again: once its turn plus the grace has passed, "next"
+        // is first in line.
+        let later = t0 + first + GRACE + ms(1);
         p.observe(ms(900), later);
-        assert!(p.admit("next", later).is_ok());
+        assert!(p.admit("next", later).is_ok(), "{:?}", p.queue);
         assert_eq!(p.waiting(), 0);
+        // Forgotten at once when the release says so.
+        p.tokens = 0.0;
+        let _ = p.admit("a", later);
+        let _ = p.admit("b", later);
+        p.forget("a");
+        assert_eq!(p.queue.front().map(|(r, _)| r.as_str()), Some("b"));
+        // A start whose first write failed is first in line again.
+        p.readmit_first("a", later);
+        assert_eq!(p.queue.front().map(|(r, _)| r.as_str()), Some("a"));
         // Long waits are capped: the release asks again within LONGEST_WAIT.
         let mut q = Pacer::new(t0);
         q.rate = MIN_RATE;

@@ -66,6 +66,10 @@ pub struct ReleaseContext {
     pub pacer: super::pacer::StartPacer,
     /// When each release's status was last written (progress is written every few seconds).
     pub progress: super::pacer::ProgressWrites,
+    /// Each release's last Event-publishing task: the next one waits for it, so a
+    /// release's Events are created in order across reconciles.
+    pub event_tasks:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 /// Reconciles one Release: observe -> plan -> apply.
@@ -140,6 +144,7 @@ async fn reconcile_release(
     let deleting = release.metadata.deletion_timestamp.is_some();
     let has_finalizer = release.finalizers().iter().any(|f| f == FINALIZER);
     if deleting && !has_finalizer {
+        ctx.pacer.forget(&fence_name(key));
         return Ok(Action::await_change());
     }
     for synced in &ctx.policy_synced {
@@ -232,17 +237,27 @@ async fn reconcile_release(
             .and_then(|s| s.phase)
             .is_some_and(ReleasePhase::is_terminal)
     {
-        if !plan.actions.is_empty()
-            && let Err(wait) = ctx.pacer.admit(&fence_name(key))
-        {
-            debug!(?wait, "start paced: the API server answers slowly");
-            ctx.base.metrics.releases().starts_paced.inc();
-            return Ok(Action::requeue(wait));
+        // Only a real start waits: never a rollback, nor a release that has started
+        // already (its finalizer removed by hand, say).
+        let starting = !plan.actions.is_empty()
+            && !plan.status_first
+            && current.and_then(|s| s.started_at).is_none();
+        if starting {
+            if let Err(wait) = ctx.pacer.admit(&fence_name(key)) {
+                debug!(?wait, "start paced: the API server answers slowly");
+                ctx.base.metrics.releases().starts_paced.inc();
+                return Ok(Action::requeue(wait));
+            }
+        } else {
+            ctx.pacer.forget(&fence_name(key));
         }
         let began = Instant::now();
-        let version = set_finalizer(ctx, key, true).await?;
-        ctx.pacer.observe(began.elapsed());
-        ctx.fence.wrote(fence_key(key), version.as_deref());
+        let written = set_finalizer(ctx, key, true).await;
+        ctx.pacer.observe(began.elapsed(), &written);
+        if written.is_err() && starting {
+            ctx.pacer.readmit_first(&fence_name(key));
+        }
+        ctx.fence.wrote(fence_key(key), written?.as_deref());
     }
 
     // Apply (client required). A rollback is recorded (status, Events, metrics) before
@@ -269,15 +284,16 @@ async fn reconcile_release(
     for action in &plan.actions {
         debug!(?action, "applying");
         let began = Instant::now();
-        workloads::execute(
+        let executed = workloads::execute(
             &ctx.base.client,
             &ctx.caches,
             &ctx.fence,
             &release.name_any(),
             action,
         )
-        .await?;
-        ctx.pacer.observe(began.elapsed());
+        .await;
+        ctx.pacer.observe(began.elapsed(), &executed);
+        executed?;
     }
     if !plan.status_first && status_changed {
         record(ctx, release, key, current, &plan).await?;
@@ -423,14 +439,15 @@ async fn record(
     plan: &Plan,
 ) -> Result<(), ReconcileError> {
     let began = Instant::now();
-    let version = apply_status::<Release>(&ctx.base, key, &plan.status).await?;
-    ctx.pacer.observe(began.elapsed());
+    let written = apply_status::<Release>(&ctx.base, key, &plan.status).await;
+    ctx.pacer.observe(began.elapsed(), &written);
+    let version = written?;
     ctx.progress.wrote(&fence_name(key));
     ctx.fence.wrote(fence_key(key), version.as_deref());
     record_metrics(ctx, plan);
     crate::telemetry::release_recorded(&ctx.base.metrics, release, current, plan);
     crate::audit::release_recorded(release, current, &plan.status);
-    publish_events(ctx, release, plan);
+    publish_events(ctx, release, key, plan);
     let before = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     announce_acceptance(
         &ctx.base,
@@ -441,10 +458,11 @@ async fn record(
     .await
 }
 
-/// Publishes the plan's Events in the background, in order: a reconcile (a step, a
-/// rollback's restore) never waits for them, which under load took 0.1-0.4 s per Event.
-/// Best effort as before: the timeline in status is the durable record.
-fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
+/// Publishes the plan's Events in the background, after the release's earlier ones and in
+/// order: a reconcile (a step, a rollback's restore) never waits for them, which under
+/// load took 0.1-0.4 s per Event. Best effort as before (an operator stopped before they
+/// are out loses them): the timeline in status is the durable record.
+fn publish_events(ctx: &ReleaseContext, release: &Release, key: &ObjectKey, plan: &Plan) {
     if plan.events.is_empty() {
         return;
     }
@@ -472,8 +490,16 @@ fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
         })
         .collect();
     let publisher = ctx.base.recorder.clone();
-    tokio::spawn(
+    let mut tasks = ctx
+        .event_tasks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let earlier = tasks.remove(&fence_name(key));
+    let task = tokio::spawn(
         async move {
+            if let Some(earlier) = earlier {
+                let _ = earlier.await;
+            }
             for event in &events {
                 if let Err(error) = publisher.publish(event, &reference).await {
                     warn!(%error, "cannot publish event");
@@ -482,6 +508,10 @@ fn publish_events(ctx: &ReleaseContext, release: &Release, plan: &Plan) {
         }
         .instrument(tracing::Span::current()),
     );
+    if tasks.len() >= 1024 {
+        tasks.retain(|_, task| !task.is_finished());
+    }
+    tasks.insert(fence_name(key), task);
 }
 
 fn record_metrics(ctx: &ReleaseContext, plan: &Plan) {
