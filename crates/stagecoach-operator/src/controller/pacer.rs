@@ -236,6 +236,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A pacer at its slowest rate with no token left.
+    fn drained_at_the_floor(now: Instant) -> Pacer {
+        let mut p = Pacer::new(now);
+        p.rate = MIN_RATE;
+        p.tokens = 0.0;
+        p
+    }
+
     #[test]
     fn a_quick_api_server_lets_a_burst_start_at_once() {
         let t0 = Instant::now();
@@ -301,9 +309,7 @@ mod tests {
     #[test]
     fn the_wait_says_when_the_next_token_is_due() {
         let t0 = Instant::now();
-        let mut p = Pacer::new(t0);
-        p.rate = MIN_RATE;
-        p.tokens = 0.0;
+        let mut p = drained_at_the_floor(t0);
         let wait = p.admit("first", t0).unwrap_err();
         assert!(wait >= ms(240) && wait <= ms(260), "{wait:?}");
         // The second in the queue is told to come back after the first.
@@ -318,9 +324,7 @@ mod tests {
     #[test]
     fn a_release_that_stops_asking_leaves_the_queue() {
         let t0 = Instant::now();
-        let mut p = Pacer::new(t0);
-        p.rate = MIN_RATE;
-        p.tokens = 0.0;
+        let mut p = drained_at_the_floor(t0);
         let first = p.admit("deleted", t0).unwrap_err();
         let second = p.admit("next", t0).unwrap_err();
         assert!(second > first);
@@ -340,9 +344,7 @@ mod tests {
         p.readmit_first("a", later);
         assert_eq!(p.queue.front().map(|(r, _)| r.as_str()), Some("a"));
         // Long waits are capped: the release asks again within LONGEST_WAIT.
-        let mut q = Pacer::new(t0);
-        q.rate = MIN_RATE;
-        q.tokens = 0.0;
+        let mut q = drained_at_the_floor(t0);
         for i in 0..100 {
             let _ = q.admit(&format!("r{i}"), t0);
         }
