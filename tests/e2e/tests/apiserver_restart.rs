@@ -33,7 +33,7 @@ use kube::Client;
 use kube::api::GetParams;
 use serde_json::json;
 use stagecoach_api::release::ReleasePhase;
-use stagecoach_e2e::{RecordedProcess, client, eventually, release_manifest};
+use stagecoach_e2e::{PIPELINE_DEPLOYMENT, RecordedProcess, client, eventually, release_manifest};
 
 use release_support::*;
 
@@ -163,8 +163,14 @@ async fn apiserver_ready(client: &Client) -> Result<()> {
 struct Measured {
     pause_seconds: i64,
     /// From the end of the pause to the release's end (the 100 % step and early life
-    /// support): long when a cache stays stale after the restart.
+    /// support), for the record: it includes kube-controller-manager's rollout of the
+    /// Deployment, which after an outage waits on the controller-manager's own recovery.
     after_pause_seconds: i64,
+    /// The operator's part of the 100 % step: from prod's Deployment rolled out (its
+    /// `Progressing` condition turning `NewReplicaSetAvailable`, or the pause's end if
+    /// that came later) to the step completed. Long when a cache stays stale after the
+    /// restart.
+    after_rollout_seconds: i64,
     /// Attempted status writes of kind Release, over all of the operator's in-process
     /// restarts (see [`WriteCount`]).
     status_writes: f64,
@@ -256,9 +262,11 @@ async fn roll_out(prefix: &str, fault: Option<&Component>) -> Result<Measured> {
     let ended = status(&release)
         .completed_at
         .context("a succeeded release has completedAt")?;
+    let rolled_out = rolled_out_at(&f).await?.max(prod[1]);
     let measured = Measured {
         pause_seconds: (prod[1] - prod[0]).num_seconds(),
         after_pause_seconds: (ended - prod[1]).num_seconds(),
+        after_rollout_seconds: (prod[2] - rolled_out).num_seconds(),
         status_writes: writes.total(),
         restarts,
     };
@@ -269,6 +277,26 @@ async fn roll_out(prefix: &str, fault: Option<&Component>) -> Result<Measured> {
     );
     f.finish().await?;
     Ok(measured)
+}
+
+/// When kube-controller-manager last finished rolling out prod's Deployment: the
+/// `lastUpdateTime` of its `Progressing` condition with reason `NewReplicaSetAvailable`
+/// (the condition it sets once every new pod is available and no old one is left).
+async fn rolled_out_at(f: &Fixture) -> Result<chrono::DateTime<chrono::Utc>> {
+    let deployment = f.deployments("prod").get(PIPELINE_DEPLOYMENT).await?;
+    let conditions = deployment
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
+    let progressing = conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
+        .with_context(|| format!("prod's Deployment is not rolled out: {conditions:?}"))?;
+    progressing
+        .last_update_time
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0))
+        .context("the Progressing condition has no lastUpdateTime")
 }
 
 /// Creates the release, and once prod pauses, takes `fault` down for [`DOWN_FOR`] and
@@ -350,11 +378,20 @@ async fn fault_against_clean(component: &'static str) -> Result<()> {
         component.name,
         faulty.pause_seconds
     );
+    println!(
+        "the rest of prod after the pause: {}s with {} restarted, {}s without \
+         (kube-controller-manager's rollout of the 100 % step included)",
+        faulty.after_pause_seconds, component.name, clean.after_pause_seconds
+    );
+    // Measured from the Deployment's own rolled-out status: after an outage
+    // kube-controller-manager recovers too, and its rollout of the 100 % step once took
+    // 52 s (against 5 s); that is not the operator's to answer for, a stale cache is.
     ensure!(
-        faulty.after_pause_seconds <= clean.after_pause_seconds + 30,
-        "after the restart the rest of prod took {}s, against {}s without: a cache stayed stale",
-        faulty.after_pause_seconds,
-        clean.after_pause_seconds
+        faulty.after_rollout_seconds <= clean.after_rollout_seconds + 30,
+        "after the restart the 100 % step completed {}s after prod's Deployment rolled \
+         out, against {}s without: a cache stayed stale",
+        faulty.after_rollout_seconds,
+        clean.after_rollout_seconds
     );
     ensure!(
         faulty.restarts <= 1,
