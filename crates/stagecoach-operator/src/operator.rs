@@ -34,7 +34,7 @@ use crate::ofrep::{self, FlagIndex};
 use crate::reporting;
 use crate::shutdown::Shutdown;
 
-/// Most FeatureToggle reconciles running at once.
+/// Most applications' toggle reconciles running at once.
 const TOGGLE_CONCURRENCY: u16 = 16;
 
 /// How long in-flight reconciles and admin requests get to finish after a shutdown signal.
@@ -128,7 +128,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         release_sync.clone(),
         app_changes.clone(),
     );
-    let (toggle_cache, toggle_changes) = toggle::watch_toggles(
+    let (toggle_cache, toggle_applications, toggle_changes) = toggle::watch_toggles(
         scoped_api::<FeatureToggle>(&client, namespace),
         toggle_sync.clone(),
         app_changes.clone(),
@@ -325,9 +325,9 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         .reconcile_on(release_retriggers)
         .reconcile_all_on(leadership.promotions())
         .graceful_shutdown_on(shutdown.wait());
-    // Bounded: a change to an application re-reconciles all its toggles, and thousands of
-    // status patches in flight at once only queue up in the API server (and in memory).
-    let toggles = Controller::for_stream(toggle_changes, toggle_cache)
+    // Keyed by application (see controller::toggle::unit). Bounded: thousands of status
+    // patches in flight at once only queue up in the API server (and in memory).
+    let toggles = Controller::for_stream(toggle_changes, toggle_applications)
         .with_config(ControllerConfig::default().concurrency(TOGGLE_CONCURRENCY))
         .reconcile_on(toggle_retriggers)
         .reconcile_all_on(leadership.promotions())
@@ -384,7 +384,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         toggle::KIND,
         toggles.run(
             |object, ctx| {
-                let subject = reporting::Subject::Toggle(object.clone());
+                let subject = reporting::Subject::Toggles(object.clone());
                 reporting::reported(subject, toggle::reconcile(object, ctx))
             },
             toggle::error_policy,

@@ -30,7 +30,9 @@ use anyhow::Context as _;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use sentry::{Hub, Level, SentryFutureExt};
-use stagecoach_api::{FeatureToggle, Release};
+use stagecoach_api::Release;
+
+use crate::controller::toggle::ToggleApplication;
 
 use crate::cli::SentryArgs;
 use crate::error::ReconcileError;
@@ -84,21 +86,22 @@ pub fn init(args: &SentryArgs) -> anyhow::Result<Option<sentry::ClientInitGuard>
 #[derive(Clone)]
 pub enum Subject {
     Release(Arc<Release>),
-    Toggle(Arc<FeatureToggle>),
+    /// An application's toggles (the toggle controller reconciles them together).
+    Toggles(Arc<ToggleApplication>),
 }
 
 impl Subject {
     fn kind(&self) -> &'static str {
         match self {
             Self::Release(_) => "Release",
-            Self::Toggle(_) => "FeatureToggle",
+            Self::Toggles(_) => "FeatureToggle",
         }
     }
 
     fn key(&self) -> ObjectKey {
         let (namespace, name) = match self {
             Self::Release(r) => (r.namespace(), r.name_any()),
-            Self::Toggle(t) => (t.namespace(), t.name_any()),
+            Self::Toggles(app) => (app.namespace(), app.name_any()),
         };
         (self.kind(), namespace.unwrap_or_default(), name)
     }
@@ -120,7 +123,7 @@ impl Subject {
                     tags.push(("stage", stage));
                 }
             }
-            Self::Toggle(toggle) => tags.push(("application", toggle.spec.application.clone())),
+            Self::Toggles(app) => tags.push(("application", app.name_any())),
         }
         tags.push(("name", name));
         tags

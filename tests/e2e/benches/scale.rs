@@ -1078,7 +1078,8 @@ async fn ofrep_serves_all(operator: &Operator, world: &World) -> Result<bool> {
 }
 
 /// After a restart: the operator's count of finished reconciles reaches the number of
-/// objects of each kind, and OFREP serves every application.
+/// objects of each kind (of applications for toggles), and OFREP serves every
+/// application.
 async fn wait_reconciled_again(
     operator: &Operator,
     world: &World,
@@ -1089,7 +1090,8 @@ async fn wait_reconciled_again(
         let counts = operator.counters("stagecoach_reconciles_total").await?;
         let get = |k: &str| counts.get(k).copied().unwrap_or(0.0);
         if get("Release") >= world.releases as f64
-            && get("FeatureToggle") >= world.toggles as f64
+            // The toggle controller reconciles an application's toggles together.
+            && get("FeatureToggle") >= world.apps as f64
             && get("Pipeline") >= world.apps as f64
             && ofrep_serves_all(operator, world).await?
         {

@@ -3,21 +3,22 @@
 //! in-memory [`FlagIndex`]), and reports in each toggle's status what is served where.
 //!
 //! Every decision is in [`stagecoach_engine::toggle::application`]; this module caches,
-//! schedules and applies. Reconcile of one toggle: observe (caches: the application's
-//! toggles, the namespace's Releases, the flag-set ConfigMaps) -> plan
-//! ([`plan_application`], once per change of the application's inputs, shared by all its
-//! toggles; then the toggle's status and couplings) -> apply (ConfigMaps that differ, the
-//! OFREP index, the status if it changed, Events for coupling changes, decided by
-//! [`coupling_changes`] from the couplings its status showed and the new ones).
-//! See [`triggers`] for what re-reconciles a toggle besides its own changes, and
-//! [`flagsets`] for how ConfigMaps are owned and cleaned up.
+//! schedules and applies. The controller reconciles applications, not toggles (see
+//! [`unit`]). Reconcile of one application: observe (caches: the application's toggles,
+//! the namespace's Releases, the flag-set ConfigMaps) -> plan ([`plan_application`], once
+//! per change of the application's inputs; then each toggle's status and couplings) ->
+//! apply (ConfigMaps that differ, the OFREP index, each status that changed, Events for
+//! coupling changes, decided by [`coupling_changes`] from the couplings its status
+//! showed and the new ones). See [`triggers`] for what re-reconciles an application
+//! besides its toggles' changes, and [`flagsets`] for how ConfigMaps are owned and
+//! cleaned up.
 //!
 //! Leader election: every replica observes and plans (so each one's OFREP index is
 //! current); only the leader applies. A follower's reconcile ends after the plan.
 //!
 //! Scale: every toggle of an application shares one plan, so a change to one toggle (or
-//! to a coupled Release) re-reconciles all of them. To keep that cheap, a reconcile that
-//! finds nothing new to plan does no work proportional to the application (the plan is
+//! to a coupled Release) re-reconciles the application. To keep that cheap, a reconcile
+//! that finds nothing new to plan only compares each toggle's status digest (the plan is
 //! keyed by an [`Epoch`] the watches advance); a burst of changes is planned once after
 //! it settles (300 ms quiet, at most 2 s late); one application is planned at a time; the
 //! cache keeps a digest of each toggle's status rather than all of it
@@ -27,10 +28,12 @@
 mod cache;
 mod flagsets;
 mod triggers;
+mod unit;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
@@ -38,7 +41,7 @@ use kube::{Resource, ResourceExt};
 use stagecoach_api::condition::{self, ConditionStatus};
 use stagecoach_api::{FeatureToggle, Pipeline, Release};
 use stagecoach_engine::acceptance::is_transition;
-use stagecoach_engine::toggle::application::READY;
+use stagecoach_engine::toggle::application::{Problem, READY};
 use stagecoach_engine::toggle::{
     ApplicationInput, ApplicationPlan, ToggleCouplings, canonical_json, coupling_changes,
     desired_status, plan_application,
@@ -54,6 +57,7 @@ pub use self::triggers::Epochs;
 pub use self::triggers::{
     changes, fan_out, watch_flag_sets, watch_pipelines, watch_releases, watch_toggles,
 };
+pub use self::unit::ToggleApplication;
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
@@ -61,10 +65,13 @@ use crate::admin::CacheSync;
 use crate::context::Context;
 use crate::error::ReconcileError;
 use crate::ofrep::FlagIndex;
-use crate::retry::ObjectKey;
 
 /// The `kind` label and log field of this controller.
 pub const KIND: &str = "FeatureToggle";
+
+/// Most status writes of one application's toggles in flight at once (and at most
+/// `TOGGLE_CONCURRENCY` applications reconcile at once, see operator.rs).
+const STATUS_WRITES_PER_APPLICATION: usize = 4;
 
 /// What planning an application reads: its toggles, the Releases of its namespace and
 /// its Pipeline, if it has one.
@@ -128,11 +135,16 @@ impl ToggleContext {
         }
     }
 
+    /// The toggles of `application` in `namespace` as the cache has them now.
+    fn observe_toggles(&self, namespace: &str, application: &str) -> Vec<Arc<FeatureToggle>> {
+        self.toggles.state_filter(|t| {
+            t.spec.application == application && t.metadata.namespace.as_deref() == Some(namespace)
+        })
+    }
+
     /// The toggles and Releases of `namespace` as the caches have them now.
     fn observe(&self, namespace: &str, application: &str) -> Observed {
-        let toggles = self.toggles.state_filter(|t| {
-            t.spec.application == application && t.metadata.namespace.as_deref() == Some(namespace)
-        });
+        let toggles = self.observe_toggles(namespace, application);
         let releases = self
             .releases
             .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace));
@@ -148,58 +160,52 @@ impl ToggleContext {
     }
 }
 
-/// Reconciles one FeatureToggle: observe -> plan -> apply.
+/// Reconciles one application's toggles: observe -> plan -> apply.
 #[instrument(skip_all, fields(
     kind = KIND,
-    namespace = %toggle.namespace().unwrap_or_default(),
-    name = %toggle.name_any(),
+    namespace = %app.namespace().unwrap_or_default(),
+    application = %app.name_any(),
 ))]
 pub async fn reconcile(
-    toggle: Arc<FeatureToggle>,
+    app: Arc<ToggleApplication>,
     ctx: Arc<ToggleContext>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let (key, result) = match object_key(KIND, toggle.as_ref()) {
-        Ok(key) => {
-            let result = reconcile_toggle(&toggle, &key, &ctx).await;
-            (Some(key), result)
-        }
+    let (key, result) = match object_key(KIND, app.as_ref()) {
+        Ok(key) => (Some(key), reconcile_application(&app.key(), &ctx).await),
         Err(error) => (None, Err(error)),
     };
     record_outcome(&ctx.base, KIND, key.as_ref(), started, &result);
     result
 }
 
-async fn reconcile_toggle(
-    toggle: &FeatureToggle,
-    key: &ObjectKey,
+async fn reconcile_application(
+    app: &AppKey,
     ctx: &ToggleContext,
 ) -> Result<Action, ReconcileError> {
     // Observe (no client required): caches only. The flag sets and Releases must be known
     // first, or every ConfigMap would look missing and every stage unknown.
     ctx.synced.releases.wait().await;
     ctx.synced.flag_sets.wait().await;
-    let namespace = key.namespace.as_str();
-    let application = toggle.spec.application.as_str();
-    let app = AppKey::new(namespace, application);
+    let (namespace, application) = (app.namespace.as_str(), app.application.as_str());
     // Read before the caches: a plan made from them is at least this new.
-    let epoch = ctx.epochs.of(&app);
+    let epoch = ctx.epochs.of(app);
 
     // Plan (no client required): once per change of the application's inputs, from the
-    // application's toggles and the namespace's Releases; the toggles of one application
-    // take turns here.
-    let state = ctx.applications.state(&app);
+    // application's toggles and the namespace's Releases.
+    let state = ctx.applications.state(app);
     let mut state = state.lock().await;
-    let (plan, documents) = match current_plan(ctx, &app, epoch, &mut state).await {
+    let (plan, documents) = match current_plan(ctx, app, epoch, &mut state).await {
         Ok(planned) => planned,
         Err(wait) => {
-            debug!(application = %app, wait_ms = wait.as_millis(), "inputs still changing");
+            debug!(wait_ms = wait.as_millis(), "inputs still changing");
             return Ok(Action::requeue(wait));
         }
     };
     // A follower (not holding the leader Lease) stops here: the new plan is in its OFREP
     // index, and the leader writes ConfigMaps, status and Events. On becoming the leader
-    // every toggle is reconciled again (see operator.rs), this time through to the writes.
+    // every application is reconciled again (see operator.rs), this time through to the
+    // writes.
     if !ctx.base.leadership.is_leader() {
         drop(state);
         debug!("follower: plan published to OFREP, nothing written");
@@ -223,7 +229,7 @@ async fn reconcile_toggle(
         &ctx.base.client,
         &ctx.flag_sets,
         ctx.base.metrics.toggles(),
-        &app,
+        app,
         &mut state,
         &plan,
         documents,
@@ -233,31 +239,60 @@ async fn reconcile_toggle(
     let flag_set_problems = state.problems.clone();
     drop(state);
 
-    // Plan (no client required): this toggle's status and the couplings it shows.
-    let current = toggle.status.as_ref();
-    let desired = desired_status(toggle, &plan, &flag_set_problems, status_now());
-    let couplings = plan.toggle_couplings(toggle);
-    let requeue = if waiting {
+    // Then every toggle's status and Events, a few toggles at a time. The toggles are
+    // read again: those created since the plan are served by the next one (their
+    // creation changed the epoch), and get a status saying so meanwhile.
+    let toggles = ctx.observe_toggles(namespace, application);
+    let mut served = futures::stream::iter(toggles)
+        .map(|toggle| serve_toggle(ctx, toggle, &plan, &flag_set_problems))
+        .buffer_unordered(STATUS_WRITES_PER_APPLICATION);
+    let mut failed = None;
+    while let Some(result) = served.next().await {
+        if let Err(error) = result {
+            failed = Some(more_telling(failed, error));
+        }
+    }
+    // A failed ConfigMap write is in the statuses (Ready=False) and retried with backoff.
+    if let Some(error) = write_failed.or(failed) {
+        return Err(error);
+    }
+    Ok(Action::requeue(if waiting {
         WRITE_GRACE + Duration::from_millis(100)
     } else {
         RESYNC_INTERVAL
-    };
-    // A failed ConfigMap write is in the status (Ready=False) and retried with backoff.
-    let finish = |action: Action| match write_failed {
-        Some(error) => Err(error),
-        None => Ok(action),
-    };
-    if status_unchanged(toggle, &desired) {
-        debug!("status up to date");
-        return finish(Action::requeue(requeue));
-    }
+    }))
+}
 
-    // Apply (client required): status, then Events for what changed.
-    match apply_status::<FeatureToggle>(&ctx.base, key, &desired).await {
-        // Deleted since the cache saw it (siblings of a deleted toggle are re-reconciled).
+/// Of two errors of one reconcile, the one to retry by: a transient error (retried with
+/// backoff) before one that waits for a change.
+fn more_telling(kept: Option<ReconcileError>, new: ReconcileError) -> ReconcileError {
+    match kept {
+        Some(kept) if kept.is_transient() || !new.is_transient() => kept,
+        _ => new,
+    }
+}
+
+/// Plan (no client required): one toggle's status and the couplings it shows; then apply
+/// (client required): the status if it changed, and Events for what changed.
+#[instrument(skip_all, fields(name = %toggle.name_any()))]
+async fn serve_toggle(
+    ctx: &ToggleContext,
+    toggle: Arc<FeatureToggle>,
+    plan: &ApplicationPlan,
+    flag_set_problems: &[Problem],
+) -> Result<(), ReconcileError> {
+    let key = object_key(KIND, toggle.as_ref())?;
+    let current = toggle.status.as_ref();
+    let desired = desired_status(&toggle, plan, flag_set_problems, status_now());
+    if status_unchanged(&toggle, &desired) {
+        return Ok(());
+    }
+    let couplings = plan.toggle_couplings(&toggle);
+    match apply_status::<FeatureToggle>(&ctx.base, &key, &desired).await {
+        // Deleted since the cache saw it (its application is reconciled again).
         Err(ReconcileError::PatchStatus(kube::Error::Api(error))) if error.code == 404 => {
             debug!("toggle is gone");
-            return Ok(Action::await_change());
+            return Ok(());
         }
         result => {
             result?;
@@ -292,7 +327,7 @@ async fn reconcile_toggle(
         )
         .await;
     }
-    finish(Action::requeue(requeue))
+    Ok(())
 }
 
 /// The application's plan at `epoch`, with the flag sets' JSON when it is new; or how
@@ -399,9 +434,9 @@ async fn publish(
 /// What happens after a failed reconcile; see [`super::error_policy`].
 #[allow(clippy::needless_pass_by_value)] // the signature kube_runtime::Controller::run expects
 pub fn error_policy(
-    toggle: Arc<FeatureToggle>,
+    app: Arc<ToggleApplication>,
     error: &ReconcileError,
     ctx: Arc<ToggleContext>,
 ) -> Action {
-    super::error_policy(KIND, toggle.as_ref(), error, &ctx.base)
+    super::error_policy(KIND, app.as_ref(), error, &ctx.base)
 }

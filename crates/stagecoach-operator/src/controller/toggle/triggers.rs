@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use super::ToggleContext;
 use super::cache::compact_for_cache;
 use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
+use super::unit::{Applications, ToggleApplication};
 use crate::admin::CacheSync;
 use crate::controller::reflect;
 use crate::controller::workloads::MANAGED_BY;
@@ -140,14 +141,14 @@ impl Epochs {
     }
 }
 
-/// Watches `api` into a reflector cache, calling `tell` with every event after the cache
-/// has applied it. Returns the cache and the stream of applied objects (which drives a
+/// Watches `api` into a reflector cache, calling `tell` with the cache and every event
+/// after the cache has applied it. Returns the cache and the stream of applied objects (which drives a
 /// controller, like [`crate::controller::cached_watch_with`]).
 fn watch_and_tell<K>(
     api: Api<K>,
     synced: CacheSync,
     compact: fn(&mut K),
-    mut tell: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    mut tell: impl FnMut(&Store<K>, &watcher::Event<K>) + Send + 'static,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -156,6 +157,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let cache = reader.clone();
     let objects = reflect::reflect(
         relisting_watcher(api, watcher::Config::default())
             .backoff(WatchBackoff::default())
@@ -170,12 +172,15 @@ where
             if let watcher::Event::InitDone = event {
                 synced.synced();
             }
-            tell(event);
+            tell(&cache, event);
         }
     })
     .applied_objects();
     (reader, objects)
 }
+
+/// A change [`Seen`] reports: the object's namespace and name, what it was and is.
+type KeyedChange<T> = ((String, String), Option<T>, Option<T>);
 
 /// Remembers what was last reported per object, so that only changes are reported, and
 /// notices objects that vanished during a re-list (which yields no delete event).
@@ -199,6 +204,18 @@ impl<T: PartialEq + Clone> Seen<T> {
         event: &watcher::Event<K>,
         facts: impl Fn(&K) -> T,
     ) -> Vec<(Option<T>, Option<T>)> {
+        self.observe_keyed(event, facts)
+            .into_iter()
+            .map(|(_, before, after)| (before, after))
+            .collect()
+    }
+
+    /// [`Self::observe`], each change with the namespace and name of its object.
+    fn observe_keyed<K: Resource>(
+        &mut self,
+        event: &watcher::Event<K>,
+        facts: impl Fn(&K) -> T,
+    ) -> Vec<KeyedChange<T>> {
         let key = |obj: &K| (obj.namespace().unwrap_or_default(), obj.name_any());
         match event {
             watcher::Event::Init => {
@@ -216,10 +233,10 @@ impl<T: PartialEq + Clone> Seen<T> {
                     return Vec::new();
                 }
                 let before = self.last.insert(key(obj), now.clone());
-                vec![(before, Some(now))]
+                vec![(key(obj), before, Some(now))]
             }
             watcher::Event::Delete(obj) => {
-                vec![(self.last.remove(&key(obj)), None)]
+                vec![(key(obj), self.last.remove(&key(obj)), None)]
             }
             watcher::Event::InitDone => {
                 let Some(relisted) = self.relisted.take() else {
@@ -232,7 +249,10 @@ impl<T: PartialEq + Clone> Seen<T> {
                     .cloned()
                     .collect();
                 gone.into_iter()
-                    .map(|k| (self.last.remove(&k), None))
+                    .map(|k| {
+                        let before = self.last.remove(&k);
+                        (k, before, None)
+                    })
                     .collect()
             }
         }
@@ -240,36 +260,65 @@ impl<T: PartialEq + Clone> Seen<T> {
 }
 
 /// Watches FeatureToggles; reports the application of every toggle whose spec changed,
-/// that appeared or that is gone (both applications when it moved to another one).
+/// that appeared or that is gone (both applications when it moved to another one), and
+/// keeps the store of applications the toggle controller reconciles. Returns the toggle
+/// cache, the application store, and the stream of the applications of changed toggles
+/// (every change, status included: a status someone else wrote is written again).
 pub fn watch_toggles(
     api: Api<FeatureToggle>,
     synced: CacheSync,
     changes: Changes,
 ) -> (
     Store<FeatureToggle>,
-    impl Stream<Item = Result<FeatureToggle, watcher::Error>> + Send + 'static,
+    Store<ToggleApplication>,
+    impl Stream<Item = Result<ToggleApplication, watcher::Error>> + Send + 'static,
 ) {
     let mut seen = Seen::new();
-    watch_and_tell(api, synced, compact_for_cache, move |event| {
-        let facts = |t: &FeatureToggle| {
-            (
-                AppKey::new(&t.namespace().unwrap_or_default(), &t.spec.application),
-                t.metadata.uid.clone(),
-                t.metadata.generation,
-            )
+    let mut applications = Applications::new();
+    let application_store = applications.store();
+    let (toggles, applied) = watch_and_tell(api, synced, compact_for_cache, move |cache, event| {
+        applications.apply(cache, event);
+        let facts = |t: &FeatureToggle| ToggleFacts {
+            application: t.spec.application.clone(),
+            uid: uid_digest(t),
+            generation: t.metadata.generation.unwrap_or(0),
         };
         if let watcher::Event::InitDone = event {
             changes.epochs.relisted();
         }
-        for (before, after) in seen.observe(event, facts) {
-            let apps: BTreeSet<AppKey> =
-                [before, after].into_iter().flatten().map(|f| f.0).collect();
-            for app in apps {
+        for ((namespace, _), before, after) in seen.observe_keyed(event, facts) {
+            let apps: BTreeSet<String> = [before, after]
+                .into_iter()
+                .flatten()
+                .map(|f| f.application)
+                .collect();
+            for application in apps {
+                let app = AppKey::new(&namespace, &application);
                 changes.epochs.application_changed(&app);
                 changes.send(Change::Application(app));
             }
         }
-    })
+    });
+    let applications_applied = applied.map(|toggle| toggle.map(|t| ToggleApplication::of(&t)));
+    (toggles, application_store, applications_applied)
+}
+
+/// What a toggle's changes are told by: its application (the namespace is the key's),
+/// its uid (a toggle deleted and created again under its name while no watch ran starts
+/// at generation 1 again) and its generation (its spec).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ToggleFacts {
+    application: String,
+    uid: u64,
+    generation: i64,
+}
+
+/// A digest of a toggle's uid: [`Seen`] keeps one per toggle, and 8 bytes tell a new uid
+/// from the old one as well as its 36 characters.
+fn uid_digest(toggle: &FeatureToggle) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&toggle.metadata.uid, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
 }
 
 /// Watches Pipelines (the cache and stream the release controller uses too); reports the
@@ -289,7 +338,7 @@ pub fn watch_pipelines(
         api,
         synced,
         |_| {},
-        move |event| {
+        move |_, event| {
             // The controller's stream carries applied objects only: a deleted Pipeline
             // is reported on its own (its releases and the other claimants look again).
             if let watcher::Event::Delete(pipeline) = event {
@@ -334,7 +383,7 @@ pub fn watch_releases(
         api,
         synced,
         |_| {},
-        move |event| {
+        move |_, event| {
             let facts = |r: &Release| {
                 (
                     r.namespace().unwrap_or_default(),
@@ -405,7 +454,7 @@ pub fn watch_flag_sets(
     (reader, events)
 }
 
-/// Turns reported changes into reconcile requests for the toggles they affect, and
+/// Turns reported changes into reconcile requests for the applications they affect, and
 /// deletes the flag sets of applications with no toggle left. Returns the request stream
 /// (for `Controller::reconcile_on`) and the task to run until `shutdown`.
 ///
@@ -418,10 +467,10 @@ pub fn fan_out(
     scope: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> (
-    impl Stream<Item = ObjectRef<FeatureToggle>> + Send + 'static,
+    impl Stream<Item = ObjectRef<ToggleApplication>> + Send + 'static,
     impl Future<Output = ()> + Send + 'static,
 ) {
-    let (requests, requested) = mpsc::unbounded_channel::<ObjectRef<FeatureToggle>>();
+    let (requests, requested) = mpsc::unbounded_channel::<ObjectRef<ToggleApplication>>();
     let requested = futures::stream::unfold(requested, |mut receiver| async move {
         receiver.recv().await.map(|r| (r, receiver))
     });
@@ -455,7 +504,7 @@ pub fn fan_out(
             if batch.is_empty() {
                 continue;
             }
-            for request in affected_toggles(&ctx, scope.as_deref(), batch).await {
+            for request in affected_applications(&ctx, scope.as_deref(), batch).await {
                 if requests.send(request).is_err() {
                     return;
                 }
@@ -465,13 +514,14 @@ pub fn fan_out(
     (requested, task)
 }
 
-/// The toggles to reconcile for a batch of changes; deletes the flag sets of
-/// applications that have no toggle left.
-async fn affected_toggles(
+/// The applications to reconcile for a batch of changes: those changed, and those with a
+/// toggle coupled to a changed Release; deletes the flag sets of applications that have
+/// no toggle left.
+async fn affected_applications(
     ctx: &ToggleContext,
     scope: Option<&str>,
     batch: Vec<Change>,
-) -> HashSet<ObjectRef<FeatureToggle>> {
+) -> Vec<ObjectRef<ToggleApplication>> {
     let mut applications = BTreeSet::new();
     let mut releases = BTreeSet::new();
     for change in batch {
@@ -499,11 +549,14 @@ async fn affected_toggles(
             }
         }
     }
-    let mut requests = HashSet::new();
+    let mut requests = BTreeSet::new();
     let mut with_toggles = BTreeSet::new();
     for toggle in ctx.toggles.state() {
         let namespace = toggle.namespace().unwrap_or_default();
         let app = AppKey::new(&namespace, &toggle.spec.application);
+        if requests.contains(&app) {
+            continue;
+        }
         let coupled = || {
             toggle
                 .spec
@@ -514,11 +567,11 @@ async fn affected_toggles(
                 .any(|w| releases.contains(&(namespace.clone(), w.release.clone())))
         };
         let changed = applications.contains(&app);
-        if changed || coupled() {
-            requests.insert(ObjectRef::from_obj(toggle.as_ref()));
-        }
         if changed {
-            with_toggles.insert(app);
+            with_toggles.insert(app.clone());
+        }
+        if changed || coupled() {
+            requests.insert(app);
         }
     }
     // The applications left have no toggle (any more).
@@ -531,10 +584,10 @@ async fn affected_toggles(
         }
     }
     debug!(
-        toggles = requests.len(),
-        "toggles to reconcile after changes"
+        applications = requests.len(),
+        "applications to reconcile after changes"
     );
-    requests
+    requests.iter().map(ToggleApplication::reference).collect()
 }
 
 /// Stops serving an application that has no toggle left: OFREP forgets it and its
