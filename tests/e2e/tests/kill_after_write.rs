@@ -16,7 +16,7 @@
 
 mod release_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 use stagecoach_api::Release;
 use stagecoach_api::condition::ConditionStatus;
 use stagecoach_api::release::{ReleasePhase, StagePhase};
-use stagecoach_e2e::{Operator, PIPELINE_DEPLOYMENT, free_port, operator_binary, release_manifest};
+use stagecoach_e2e::{
+    Operator, PIPELINE_DEPLOYMENT, eventually, free_port, operator_binary, release_manifest,
+};
 use tokio::process::{Child, Command};
 
 use release_support::*;
@@ -452,6 +454,33 @@ async fn the_operator_killed_after_each_write_takes_every_step_exactly_once() ->
         assert!(
             expected.is_some_and(|e| *count <= e),
             "{type_} {reason} published {count} times in the interrupted run, {expected:?} in the reference"
+        );
+    }
+
+    // The reference's Events tell its timeline, in the timeline's order: each reconcile's
+    // Events are published in the background, after the release's earlier ones. (They
+    // may still be on their way when the release has succeeded.) The spec's acceptance is
+    // announced on its own and is no timeline entry.
+    let mut told = BTreeSet::new();
+    let timeline: Vec<(String, String)> = status(&reference_release)
+        .timeline
+        .iter()
+        .map(|t| (t.reason.clone(), t.message.chars().take(1000).collect()))
+        .filter(|entry: &(String, String)| told.insert(entry.clone()))
+        .collect();
+    let told_in_order = || async {
+        let mut events = calm.events_in_order(name).await?;
+        events.retain(|(reason, _)| reason != "Accepted");
+        anyhow::Ok(events)
+    };
+    let in_order = eventually(Duration::from_secs(20), || async {
+        Ok((told_in_order().await? == timeline).then_some(()))
+    })
+    .await;
+    if in_order.is_err() {
+        bail!(
+            "the reference's Events {:#?} are not its timeline {timeline:#?}",
+            told_in_order().await?
         );
     }
 

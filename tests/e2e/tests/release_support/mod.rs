@@ -361,6 +361,29 @@ impl Fixture {
             .collect())
     }
 
+    /// (reason, note) of the Events about a Release in the order they were first
+    /// published (their `eventTime`; a repeated Event is one Event with a series).
+    #[allow(dead_code)] // not every test file uses it
+    pub async fn events_in_order(&self, release: &str) -> Result<Vec<(String, String)>> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.pipeline.home.name);
+        let mut events: Vec<Event> = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding
+                    .as_ref()
+                    .is_some_and(|r| r.name.as_deref() == Some(release))
+            })
+            .collect();
+        events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        Ok(events
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect())
+    }
+
     /// resourceVersion of every Event in the Release namespace (a repeated Event updates
     /// its series, so counting Events is not enough).
     pub async fn event_versions(&self) -> Result<BTreeMap<String, String>> {
