@@ -25,7 +25,7 @@ pub const MAX_RATE: f64 = 50.0;
 /// Starts per second however slow the API server is: starting never stops.
 pub const MIN_RATE: f64 = 4.0;
 /// A write taking longer than this on average means the API server is queueing.
-pub const SLOW_WRITE: Duration = Duration::from_millis(200);
+pub const SLOW_WRITE: Duration = Duration::from_millis(100);
 /// How often the rate is reconsidered.
 pub const WINDOW: Duration = Duration::from_millis(250);
 /// The longest a waiting release is told to wait before asking again.
