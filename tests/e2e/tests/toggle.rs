@@ -1004,3 +1004,92 @@ async fn an_ofrep_token_secret_guards_its_application() -> Result<()> {
         .await?;
     home.delete().await
 }
+
+/// A toggle moved to another application (`spec.application` edited): the application it
+/// left, with no toggle any more, stops being served (its flag set is deleted) and stays
+/// so; the one it joined serves it.
+#[tokio::test]
+#[ignore = "needs the test control plane: run cargo xtask test"]
+async fn a_toggle_moved_to_another_application_leaves_nothing_behind() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let home = TestNamespace::create(&client, "moved").await?;
+    let ns = home.name.clone();
+    let (shop_dev, mail_dev) = (
+        stage_namespace(&client, &ns, "shop").await?,
+        stage_namespace(&client, &ns, "mail").await?,
+    );
+    let operator = Operator::start_ready("moved", &ns).await?;
+    let releases: Api<Release> = Api::namespaced(client.clone(), &ns);
+    let toggles: Api<FeatureToggle> = Api::namespaced(client.clone(), &ns);
+    // Each application's one stage, from a paused Release.
+    for (app, stage_ns) in [("shop", &shop_dev), ("mail", &mail_dev)] {
+        apply(
+            &releases,
+            json!({
+                "apiVersion": "stagecoach.dev/v1alpha1", "kind": "Release",
+                "metadata": {"name": format!("{app}-1.0.0")},
+                "spec": {
+                    "application": app, "version": "1.0.0", "paused": true,
+                    "workloads": [{"deployment": "api", "containers": [{"name": "api", "image": "example/api:1.0.0"}]}],
+                    "stages": [{"name": "dev", "namespace": stage_ns}]
+                }
+            }),
+        )
+        .await?;
+    }
+    let spec = |app: &str| {
+        json!({"application": app, "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "stages": {"dev": {"defaultVariant": "on"}}})
+    };
+    apply(&toggles, toggle("fast-path", spec("shop"))).await?;
+    let flag_set = |namespace: &str| {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        async move { anyhow::Ok(config_maps.get_opt("stagecoach-flags").await?) }
+    };
+    eventually(Duration::from_secs(30), || async {
+        Ok(flag_set(&shop_dev).await?.map(|_| ()))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "shop's flag set never written; log:\n{}",
+            operator.log_text()
+        )
+    })?;
+
+    apply(&toggles, toggle("fast-path", spec("mail"))).await?;
+    eventually(Duration::from_secs(30), || async {
+        let served = toggles.get("fast-path").await?.status.is_some_and(|s| {
+            s.stages.iter().any(|stage| {
+                stage.config_map.as_deref() == Some(&format!("{mail_dev}/stagecoach-flags"))
+            })
+        });
+        Ok((served && flag_set(&shop_dev).await?.is_none()).then_some(()))
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the toggle is not served by mail, or shop's flag set is still there; log:\n{}",
+            operator.log_text()
+        )
+    })?;
+    assert!(flag_set(&mail_dev).await?.is_some());
+    // And it stays gone: a reconcile of shop now (one queued before the move, a new
+    // leader's, a retry) would find no toggle and leave it so (the operator's own
+    // ConfigMap writes are checked again 5 s after them).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        flag_set(&shop_dev).await?.is_none(),
+        "shop's flag set came back; log:\n{}",
+        operator.log_text()
+    );
+
+    operator.stop().await?;
+    for name in [shop_dev, mail_dev] {
+        Api::<Namespace>::all(client.clone())
+            .delete(&name, &DeleteParams::background())
+            .await?;
+    }
+    home.delete().await
+}

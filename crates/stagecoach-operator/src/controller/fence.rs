@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 /// How long a written object missing from the cache is waited for.
 pub const ABSENT_GRACE: Duration = Duration::from_secs(10);
 
+/// How many remembered writes make [`WriteFence::wrote`] forget those older than
+/// [`FORGET_AFTER`].
+const FORGET_ABOVE: usize = 16_384;
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
 /// Which object: kind, namespace, name.
 pub type FenceKey = (&'static str, String, String);
 
@@ -44,6 +49,11 @@ impl WriteFence {
             return;
         };
         let mut written = self.lock();
+        // An object deleted before its cache caught up is never asked about again: past
+        // this many, such writes older than a minute are forgotten.
+        if written.len() >= FORGET_ABOVE {
+            written.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+        }
         let entry = written.entry(key).or_insert((version, Instant::now()));
         if version >= entry.0 {
             *entry = (version, Instant::now());

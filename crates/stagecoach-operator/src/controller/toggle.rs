@@ -30,6 +30,7 @@ mod flagsets;
 mod triggers;
 mod unit;
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,7 @@ pub use self::triggers::{
     changes, fan_out, watch_flag_sets, watch_pipelines, watch_releases, watch_toggles,
 };
 pub use self::unit::ToggleApplication;
+use super::fence::{Cached, WriteFence};
 use super::{
     RESYNC_INTERVAL, announce_acceptance, apply_status, object_key, record_outcome, status_now,
 };
@@ -103,6 +105,8 @@ pub struct ToggleContext {
     pub synced: Synced,
     epochs: Arc<Epochs>,
     applications: Applications,
+    /// The resource versions of the status writes the toggle cache does not show yet.
+    fence: WriteFence,
     /// One application is planned at a time: planning is CPU work, and a large flag set
     /// is a few MiB while it is rendered, so planning them all at once after a start
     /// would only raise the memory high-water mark.
@@ -131,6 +135,7 @@ impl ToggleContext {
             synced,
             epochs,
             applications: Applications::default(),
+            fence: WriteFence::default(),
             planning: tokio::sync::Semaphore::new(1),
         }
     }
@@ -190,6 +195,12 @@ async fn reconcile_application(
     let (namespace, application) = (app.namespace.as_str(), app.application.as_str());
     // Read before the caches: a plan made from them is at least this new.
     let epoch = ctx.epochs.of(app);
+    // An application without toggles is retired by `fan_out` (no OFREP entry, no
+    // ConfigMaps); planning it would serve it again.
+    if ctx.observe_toggles(namespace, application).is_empty() {
+        debug!("no toggle left");
+        return Ok(Action::await_change());
+    }
 
     // Plan (no client required): once per change of the application's inputs, from the
     // application's toggles and the namespace's Releases.
@@ -237,19 +248,25 @@ async fn reconcile_application(
     )
     .await;
     let flag_set_problems = state.problems.clone();
+    let planned = state.planned_toggles.clone();
     drop(state);
 
     // Then every toggle's status and Events, a few toggles at a time. The toggles are
-    // read again: those created since the plan are served by the next one (their
-    // creation changed the epoch), and get a status saying so meanwhile.
-    let toggles = ctx.observe_toggles(namespace, application);
+    // read again; one created or changed since the plan is left to the next plan (the
+    // change advanced the epoch and asked for another reconcile): this plan would claim
+    // it served as it was, or not at all.
+    let toggles = ctx
+        .observe_toggles(namespace, application)
+        .into_iter()
+        .filter(|toggle| planned.contains(&planned_as(toggle)));
     let mut served = futures::stream::iter(toggles)
         .map(|toggle| serve_toggle(ctx, toggle, &plan, &flag_set_problems))
         .buffer_unordered(STATUS_WRITES_PER_APPLICATION);
     let mut failed = None;
     while let Some(result) = served.next().await {
         if let Err(error) = result {
-            failed = Some(more_telling(failed, error));
+            // Retried with backoff; the other toggles are served meanwhile.
+            failed.get_or_insert(error);
         }
     }
     // A failed ConfigMap write is in the statuses (Ready=False) and retried with backoff.
@@ -263,17 +280,25 @@ async fn reconcile_application(
     }))
 }
 
-/// Of two errors of one reconcile, the one to retry by: a transient error (retried with
-/// backoff) before one that waits for a change.
-fn more_telling(kept: Option<ReconcileError>, new: ReconcileError) -> ReconcileError {
-    match kept {
-        Some(kept) if kept.is_transient() || !new.is_transient() => kept,
-        _ => new,
-    }
+/// What identifies the toggle a plan was made from: its name, uid and generation.
+fn planned_as(toggle: &FeatureToggle) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (
+        &toggle.metadata.name,
+        &toggle.metadata.uid,
+        toggle.metadata.generation,
+    )
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Plan (no client required): one toggle's status and the couplings it shows; then apply
 /// (client required): the status if it changed, and Events for what changed.
+///
+/// A toggle whose status the cache does not show yet as last written is left alone: its
+/// Events are out, and the write's echo asks for another reconcile of the application.
+/// An error that waits for a change (not retried) concerns this toggle alone: logged,
+/// and the application is served on.
 #[instrument(skip_all, fields(name = %toggle.name_any()))]
 async fn serve_toggle(
     ctx: &ToggleContext,
@@ -281,13 +306,37 @@ async fn serve_toggle(
     plan: &ApplicationPlan,
     flag_set_problems: &[Problem],
 ) -> Result<(), ReconcileError> {
-    let key = object_key(KIND, toggle.as_ref())?;
-    let current = toggle.status.as_ref();
-    let desired = desired_status(&toggle, plan, flag_set_problems, status_now());
-    if status_unchanged(&toggle, &desired) {
+    match serve_toggle_status(ctx, &toggle, plan, flag_set_problems).await {
+        Err(error) if !error.is_transient() => {
+            warn!(category = error.category(), %error,
+                "cannot serve this toggle's status; waiting for it to change");
+            Ok(())
+        }
+        result => result,
+    }
+}
+
+async fn serve_toggle_status(
+    ctx: &ToggleContext,
+    toggle: &FeatureToggle,
+    plan: &ApplicationPlan,
+    flag_set_problems: &[Problem],
+) -> Result<(), ReconcileError> {
+    let key = object_key(KIND, toggle)?;
+    let fence_key = (KIND, key.namespace.clone(), key.name.clone());
+    if ctx.fence.is_stale(
+        &fence_key,
+        Cached::At(toggle.metadata.resource_version.as_deref()),
+    ) {
+        debug!("cache behind the last status write; its echo reconciles again");
         return Ok(());
     }
-    let couplings = plan.toggle_couplings(&toggle);
+    let current = toggle.status.as_ref();
+    let desired = desired_status(toggle, plan, flag_set_problems, status_now());
+    if status_unchanged(toggle, &desired) {
+        return Ok(());
+    }
+    let couplings = plan.toggle_couplings(toggle);
     match apply_status::<FeatureToggle>(&ctx.base, &key, &desired).await {
         // Deleted since the cache saw it (its application is reconciled again).
         Err(ReconcileError::PatchStatus(kube::Error::Api(error))) if error.code == 404 => {
@@ -295,7 +344,7 @@ async fn serve_toggle(
             return Ok(());
         }
         result => {
-            result?;
+            ctx.fence.wrote(fence_key, result?.as_deref());
         }
     }
     let reference = toggle.object_ref(&());
@@ -354,6 +403,7 @@ async fn current_plan(
         &releases,
     )
     .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
+    state.planned_toggles = toggles.iter().map(|t| planned_as(t)).collect();
     // Something changed, but maybe nothing this application's plan depends on.
     if let Some(plan) = state.plan.clone()
         && plan.fingerprint == input.fingerprint()

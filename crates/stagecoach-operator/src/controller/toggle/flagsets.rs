@@ -12,7 +12,7 @@
 //! Writes are server-side apply as `stagecoach`, only when the cached ConfigMap (metadata
 //! only: labels and the flag-set version annotation) differs from the plan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,10 @@ pub struct AppState {
     written: HashMap<String, (String, Instant)>,
     /// The [`Epoch`] the plan was made at.
     planned: Option<Epoch>,
+    /// The toggles the plan was made from, as [`super::planned_as`] digests (name, uid,
+    /// generation): a toggle the cache has in another form was created or changed since,
+    /// and the plan says nothing true about it.
+    pub planned_toggles: HashSet<u64>,
     /// Inputs that changed since the plan: (epoch, when it was first seen, when the first
     /// unplanned change was seen).
     settling: Option<(Epoch, Instant, Instant)>,
@@ -153,10 +157,10 @@ impl AppState {
     }
 }
 
-/// Every application's [`AppState`], each behind its own async lock: the toggles of one
-/// application reconcile one at a time through the planning and ConfigMap step (so the
-/// plan is computed once and each ConfigMap written once), different applications in
-/// parallel.
+/// Every application's [`AppState`], each behind its own async lock: an application's
+/// planning and ConfigMap step runs once at a time (kube's controller never runs two
+/// reconciles of one application at once; the lock also keeps the followers' and a
+/// re-list's overlapping requests in turn), different applications in parallel.
 #[derive(Debug, Default)]
 pub struct Applications {
     states: Mutex<HashMap<AppKey, Arc<tokio::sync::Mutex<AppState>>>>,

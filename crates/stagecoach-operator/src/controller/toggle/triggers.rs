@@ -1,13 +1,15 @@
-//! What re-evaluates toggles besides their own changes: a flag set depends on every toggle
-//! of the application and on Releases (stages, couplings), so a change to any of those
-//! re-reconciles all toggles of the application; and an application whose last toggle is
-//! gone has its flag sets deleted.
+//! What reconciles an application's toggles: a flag set depends on every toggle of the
+//! application and on Releases (stages, couplings), so a change to any of those
+//! re-reconciles the application; and an application whose last toggle is gone has its
+//! flag sets deleted.
 //!
 //! The watches below feed the reflector caches and, after each cache update, report which
-//! applications changed. Only changes that matter are reported: a toggle's spec
-//! (generation), creation or deletion, not its status; a Release's stages or reached
-//! stages, not every status write; any change to a flag-set ConfigMap (edited or deleted
-//! by someone else, or gone stale). [`fan_out`] turns the reports into reconcile requests.
+//! applications changed. Only changes that matter for the plan are reported: a toggle's
+//! spec (generation), creation or deletion (any change to a toggle, its status included,
+//! also reconciles its application, through the stream [`watch_toggles`] returns); a
+//! Release's stages or reached stages, not every status write; any change to a flag-set
+//! ConfigMap (edited or deleted by someone else, or gone stale). [`fan_out`] turns the
+//! reports into reconcile requests.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -31,7 +33,7 @@ use tracing::{debug, warn};
 use super::ToggleContext;
 use super::cache::compact_for_cache;
 use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
-use super::unit::{Applications, ToggleApplication};
+use super::unit::{ApplicationStore, ToggleApplication};
 use crate::admin::CacheSync;
 use crate::controller::reflect;
 use crate::controller::workloads::MANAGED_BY;
@@ -274,10 +276,10 @@ pub fn watch_toggles(
     impl Stream<Item = Result<ToggleApplication, watcher::Error>> + Send + 'static,
 ) {
     let mut seen = Seen::new();
-    let mut applications = Applications::new();
+    let mut applications = ApplicationStore::new();
     let application_store = applications.store();
     let (toggles, applied) = watch_and_tell(api, synced, compact_for_cache, move |cache, event| {
-        applications.apply(cache, event);
+        applications.apply(event);
         let facts = |t: &FeatureToggle| ToggleFacts {
             application: t.spec.application.clone(),
             uid: uid_digest(t),
@@ -287,6 +289,15 @@ pub fn watch_toggles(
             changes.epochs.relisted();
         }
         for ((namespace, _), before, after) in seen.observe_keyed(event, facts) {
+            // Deleted, or moved to another application: the one it left may have no
+            // toggle left.
+            if let Some(left) = before.as_ref().filter(|b| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| a.application != b.application)
+            }) {
+                applications.vacated(cache, &AppKey::new(&namespace, &left.application));
+            }
             let apps: BTreeSet<String> = [before, after]
                 .into_iter()
                 .flatten()

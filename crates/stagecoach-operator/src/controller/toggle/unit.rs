@@ -7,9 +7,10 @@
 //! 8 MB for the scale benchmark's world, and kept that capacity after the start's burst).
 //! kube's `Controller` schedules objects it finds in a reflector store, so an application
 //! is a small in-memory object ([`ToggleApplication`], never sent to the API server) in a
-//! store that the toggle watch keeps: see [`Applications`].
+//! store that the toggle watch keeps: see [`ApplicationStore`].
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -94,21 +95,35 @@ impl kube::Resource for ToggleApplication {
 
 /// Keeps the store of applications from the toggle watch's events, after the toggle cache
 /// has applied each one: an application is in it while the cache has one of its toggles.
-/// A list of toggles lists the applications anew, and its end marks the store ready
-/// (kube's `Controller` starts reconciling then). When an application's last toggle is
-/// deleted or moves to another application, [`super::fan_out`] retires the application;
-/// a moved one leaves the store at the next deletion of one of its toggles or re-list.
-pub struct Applications {
+///
+/// The first list of toggles fills the store and marks it ready (kube's `Controller`
+/// starts reconciling then). Later lists (after any watch error) change the store as they
+/// go, as `controller::reflect` does with the toggle cache: an application first seen in
+/// the list is added at once, so the reconcile its toggles ask for finds it (kube drops a
+/// request for an object its store does not have), and those the list did not contain
+/// are removed at its end. An application whose last toggle is deleted or moves to
+/// another one is removed through [`ApplicationStore::vacated`] (and [`super::fan_out`]
+/// retires it: no OFREP entry, no ConfigMaps).
+pub struct ApplicationStore {
     writer: Writer<ToggleApplication>,
     reader: Store<ToggleApplication>,
+    /// Whether a first list has ended.
+    listed_once: bool,
+    /// The applications the list in progress (after the first) has contained so far.
+    listed: HashSet<AppKey>,
 }
 
-impl Applications {
+impl ApplicationStore {
     /// An empty store, not ready until the first list of toggles has ended.
     pub fn new() -> Self {
         let writer = Writer::default();
         let reader = writer.as_reader();
-        Self { writer, reader }
+        Self {
+            writer,
+            reader,
+            listed_once: false,
+            listed: HashSet::new(),
+        }
     }
 
     /// The store kube's `Controller` reads.
@@ -116,30 +131,66 @@ impl Applications {
         self.reader.clone()
     }
 
-    /// Applies one toggle watch event; `toggles` is the toggle cache, already updated.
-    pub fn apply(&mut self, toggles: &Store<FeatureToggle>, event: &watcher::Event<FeatureToggle>) {
+    /// Applies one toggle watch event (the toggle cache has applied it already).
+    pub fn apply(&mut self, event: &watcher::Event<FeatureToggle>) {
+        if !self.listed_once {
+            // The first list goes through kube's writer, whose end marks the store ready.
+            let event = match event {
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitApply(toggle) => {
+                    watcher::Event::InitApply(ToggleApplication::of(toggle))
+                }
+                watcher::Event::InitDone => {
+                    self.listed_once = true;
+                    watcher::Event::InitDone
+                }
+                watcher::Event::Apply(toggle) => {
+                    watcher::Event::Apply(ToggleApplication::of(toggle))
+                }
+                watcher::Event::Delete(_) => return,
+            };
+            self.writer.apply_watcher_event(&event);
+            return;
+        }
         match event {
-            watcher::Event::Init => self.writer.apply_watcher_event(&watcher::Event::Init),
-            watcher::Event::InitApply(toggle) => self
-                .writer
-                .apply_watcher_event(&watcher::Event::InitApply(ToggleApplication::of(toggle))),
-            watcher::Event::InitDone => self.writer.apply_watcher_event(&watcher::Event::InitDone),
-            watcher::Event::Apply(toggle) => {
+            watcher::Event::Init => self.listed.clear(),
+            watcher::Event::InitApply(toggle) => {
                 let app = ToggleApplication::of(toggle);
-                if self.reader.get(&ObjectRef::from_obj(&app)).is_none() {
-                    self.writer.apply_watcher_event(&watcher::Event::Apply(app));
+                self.listed.insert(app.key());
+                self.add(app);
+            }
+            watcher::Event::Apply(toggle) => self.add(ToggleApplication::of(toggle)),
+            watcher::Event::InitDone => {
+                let listed = std::mem::take(&mut self.listed);
+                for app in self.reader.state() {
+                    if !listed.contains(&app.key()) {
+                        self.writer
+                            .apply_watcher_event(&watcher::Event::Delete(app.as_ref().clone()));
+                    }
                 }
             }
-            watcher::Event::Delete(toggle) => {
-                let app = ToggleApplication::of(toggle);
-                let (namespace, application) = (toggle.namespace(), &toggle.spec.application);
-                let left = toggles
-                    .find(|t| t.spec.application == *application && t.namespace() == namespace);
-                if left.is_none() {
-                    self.writer
-                        .apply_watcher_event(&watcher::Event::Delete(app));
-                }
-            }
+            // Through `vacated`, which knows the application a toggle moved away from.
+            watcher::Event::Delete(_) => {}
+        }
+    }
+
+    /// `app` lost a toggle (deleted, or moved to another application): removed from the
+    /// store if `toggles` (the cache, already updated) has none of its toggles left.
+    pub fn vacated(&mut self, toggles: &Store<FeatureToggle>, app: &AppKey) {
+        let left = toggles.find(|t| {
+            t.spec.application == app.application
+                && t.metadata.namespace.as_deref() == Some(app.namespace.as_str())
+        });
+        if left.is_none() {
+            self.listed.remove(app);
+            self.writer
+                .apply_watcher_event(&watcher::Event::Delete(ToggleApplication::new(app)));
+        }
+    }
+
+    fn add(&mut self, app: ToggleApplication) {
+        if self.reader.get(&ObjectRef::from_obj(&app)).is_none() {
+            self.writer.apply_watcher_event(&watcher::Event::Apply(app));
         }
     }
 }
@@ -173,17 +224,22 @@ mod tests {
     #[test]
     fn an_application_is_stored_while_the_cache_has_one_of_its_toggles() {
         let (toggles, mut toggle_writer) = reflector::store::<FeatureToggle>();
-        let mut apps = Applications::new();
+        let mut apps = ApplicationStore::new();
         let store = apps.store();
-        let mut event = |event: watcher::Event<FeatureToggle>| {
+        // What the toggle watch does: the cache first, then the applications; a deleted
+        // or moved toggle vacates its (former) application.
+        let mut event = |event: watcher::Event<FeatureToggle>, vacated: Option<&str>| {
             toggle_writer.apply_watcher_event(&event);
-            apps.apply(&toggles, &event);
+            apps.apply(&event);
+            if let Some(app) = vacated {
+                apps.vacated(&toggles, &AppKey::new("team", app));
+            }
         };
-        event(Init);
-        event(InitApply(toggle("a", "shop")));
-        event(InitApply(toggle("b", "shop")));
+        event(Init, None);
+        event(InitApply(toggle("a", "shop")), None);
+        event(InitApply(toggle("b", "shop")), None);
         assert!(store.wait_until_ready().now_or_never().is_none());
-        event(InitDone);
+        event(InitDone, None);
         assert!(matches!(
             store.wait_until_ready().now_or_never(),
             Some(Ok(()))
@@ -196,17 +252,23 @@ mod tests {
             Some(AppKey::new("team", "shop"))
         );
 
-        event(Apply(toggle("c", "billing")));
+        event(Apply(toggle("c", "billing")), None);
         assert_eq!(names(&store), ["billing", "shop"]);
         // One of shop's two toggles gone: shop stays; its last: shop goes.
-        event(Delete(toggle("a", "shop")));
+        event(Delete(toggle("a", "shop")), Some("shop"));
         assert_eq!(names(&store), ["billing", "shop"]);
-        event(Delete(toggle("b", "shop")));
+        event(Delete(toggle("b", "shop")), Some("shop"));
         assert_eq!(names(&store), ["billing"]);
-        // A re-list lists the applications anew.
-        event(Init);
-        event(InitApply(toggle("d", "search")));
-        event(InitDone);
+        // billing's only toggle moves to search: billing goes.
+        event(Apply(toggle("c", "search")), Some("billing"));
         assert_eq!(names(&store), ["search"]);
+
+        // A re-list: an application new in it is there at once (its toggles' reconcile
+        // requests must find it), one it no longer has goes at its end.
+        event(Init, None);
+        event(InitApply(toggle("d", "mail")), None);
+        assert_eq!(names(&store), ["mail", "search"]);
+        event(InitDone, None);
+        assert_eq!(names(&store), ["mail"]);
     }
 }
