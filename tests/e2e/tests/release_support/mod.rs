@@ -338,8 +338,8 @@ impl Fixture {
             .map(|d| d.0["template"].clone()))
     }
 
-    /// (type, reason, note) of the Events about a Release.
-    pub async fn events(&self, release: &str) -> Result<Vec<(String, String, String)>> {
+    /// The Events about a Release.
+    async fn release_events(&self, release: &str) -> Result<Vec<Event>> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.pipeline.home.name);
         Ok(api
             .list(&ListParams::default())
@@ -351,6 +351,15 @@ impl Fixture {
                     .as_ref()
                     .is_some_and(|r| r.name.as_deref() == Some(release))
             })
+            .collect())
+    }
+
+    /// (type, reason, note) of the Events about a Release.
+    pub async fn events(&self, release: &str) -> Result<Vec<(String, String, String)>> {
+        Ok(self
+            .release_events(release)
+            .await?
+            .into_iter()
             .map(|e| {
                 (
                     e.type_.unwrap_or_default(),
@@ -365,18 +374,7 @@ impl Fixture {
     /// published (their `eventTime`; a repeated Event is one Event with a series).
     #[allow(dead_code)] // not every test file uses it
     pub async fn events_in_order(&self, release: &str) -> Result<Vec<(String, String)>> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.pipeline.home.name);
-        let mut events: Vec<Event> = api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.regarding
-                    .as_ref()
-                    .is_some_and(|r| r.name.as_deref() == Some(release))
-            })
-            .collect();
+        let mut events = self.release_events(release).await?;
         events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         Ok(events
             .into_iter()

@@ -624,14 +624,7 @@ mod tests {
     use super::*;
 
     fn toggle(name: &str, app: &str, generation: i64) -> FeatureToggle {
-        let mut t = FeatureToggle::new(
-            name,
-            serde_json::from_value(serde_json::json!({
-                "application": app, "variants": {"on": true}, "defaultVariant": "on"
-            }))
-            .unwrap(),
-        );
-        t.metadata.namespace = Some("team".into());
+        let mut t = super::super::unit::tests::toggle(name, app);
         t.metadata.generation = Some(generation);
         t
     }

@@ -196,14 +196,15 @@ impl ApplicationStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use futures::FutureExt;
     use kube::runtime::reflector;
     use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
 
     use super::*;
 
-    fn toggle(name: &str, app: &str) -> FeatureToggle {
+    /// A minimal toggle `name` of application `app` in namespace `team`.
+    pub fn toggle(name: &str, app: &str) -> FeatureToggle {
         let mut t = FeatureToggle::new(
             name,
             serde_json::from_value(serde_json::json!({
