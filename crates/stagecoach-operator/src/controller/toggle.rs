@@ -18,7 +18,8 @@
 //!
 //! Scale: every toggle of an application shares one plan, so a change to one toggle (or
 //! to a coupled Release) re-reconciles the application. To keep that cheap, a reconcile
-//! that finds nothing new to plan only compares each toggle's status digest (the plan is
+//! that finds nothing new to plan only computes each toggle's status from the plan it
+//! has and compares it with the cached status digest (the plan is
 //! keyed by an [`Epoch`] the watches advance); a burst of changes is planned once after
 //! it settles (300 ms quiet, at most 2 s late); one application is planned at a time; the
 //! cache keeps a digest of each toggle's status rather than all of it
@@ -30,7 +31,6 @@ mod flagsets;
 mod triggers;
 mod unit;
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,14 +282,11 @@ async fn reconcile_application(
 
 /// What identifies the toggle a plan was made from: its name, uid and generation.
 fn planned_as(toggle: &FeatureToggle) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    (
+    cache::digest(&(
         &toggle.metadata.name,
         &toggle.metadata.uid,
         toggle.metadata.generation,
-    )
-        .hash(&mut hasher);
-    hasher.finish()
+    ))
 }
 
 /// Plan (no client required): one toggle's status and the couplings it shows; then apply

@@ -6,13 +6,17 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use stagecoach_api::{FeatureToggle, FeatureToggleStatus};
 
+/// An 8-byte digest of `value`, for what the controller keeps in memory per toggle: equal
+/// values, equal digests (within one process).
+pub fn digest(value: &impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// A digest of a status: equal statuses, equal digests.
 pub fn status_digest(status: &FeatureToggleStatus) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_vec(status)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
+    digest(&serde_json::to_vec(status).unwrap_or_default())
 }
 
 /// Shrinks a toggle for the reflector cache: the status is replaced by its digest

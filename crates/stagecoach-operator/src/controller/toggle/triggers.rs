@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::ToggleContext;
-use super::cache::compact_for_cache;
+use super::cache::{compact_for_cache, digest};
 use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
 use super::unit::{ApplicationStore, ToggleApplication};
 use crate::admin::CacheSync;
@@ -327,9 +327,7 @@ struct ToggleFacts {
 /// A digest of a toggle's uid: [`Seen`] keeps one per toggle, and 8 bytes tell a new uid
 /// from the old one as well as its 36 characters.
 fn uid_digest(toggle: &FeatureToggle) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&toggle.metadata.uid, &mut hasher);
-    std::hash::Hasher::finish(&hasher)
+    digest(&toggle.metadata.uid)
 }
 
 /// Watches Pipelines (the cache and stream the release controller uses too); reports the
