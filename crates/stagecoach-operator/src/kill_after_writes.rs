@@ -56,21 +56,34 @@ fn parse_limit(value: &str) -> anyhow::Result<Option<u64>> {
     Ok(Some(limit))
 }
 
-/// The client [`kube::Client::try_default`] builds, with the hook's layer when `limit`
+/// The operator's client (see [`crate::client`]), with the hook's layer when `limit`
 /// (from [`limit_from_env`]) is set, else nothing more.
 pub async fn client(limit: Option<u64>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
-    let builder = ClientBuilder::try_from(config)?;
-    Ok(match limit {
-        None => builder.build(),
-        Some(limit) => {
-            tracing::warn!(
-                limit,
-                "{VARIABLE} is set: the process aborts after that many writes (tests only)"
-            );
-            builder.with_layer(&AbortAfter { limit }).build()
-        }
+    if let Some(limit) = limit {
+        tracing::warn!(
+            limit,
+            "{VARIABLE} is set: the process aborts after that many writes (tests only)"
+        );
+    }
+    Ok(match crate::client::pooled(&config)? {
+        Some(builder) => finish(builder, limit),
+        None => finish(ClientBuilder::try_from(config)?, limit),
     })
+}
+
+fn finish<S, B>(builder: ClientBuilder<S>, limit: Option<u64>) -> kube::Client
+where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    match limit {
+        None => builder.build(),
+        Some(limit) => builder.with_layer(&AbortAfter { limit }).build(),
+    }
 }
 
 /// Whether a request is a write that counts (see the module documentation).

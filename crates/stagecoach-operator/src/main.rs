@@ -4,6 +4,7 @@ mod admin;
 mod archive;
 mod audit;
 mod cli;
+mod client;
 mod context;
 mod controller;
 mod error;

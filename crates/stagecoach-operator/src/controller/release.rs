@@ -508,8 +508,12 @@ fn publish_events(ctx: &ReleaseContext, release: &Release, key: &ObjectKey, plan
         }
         .instrument(tracing::Span::current()),
     );
-    if tasks.len() >= 1024 {
+    // A finished task's handle still holds its memory (a few KiB: the task and its
+    // request's state); 1,000 releases' last handles were 3.5 MB at rest. Finished ones
+    // are dropped as soon as there are more than a few.
+    if tasks.len() >= 64 {
         tasks.retain(|_, task| !task.is_finished());
+        super::fence::shrink_after_burst(&mut tasks);
     }
     tasks.insert(fence_name(key), task);
 }
