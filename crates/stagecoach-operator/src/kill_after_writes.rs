@@ -80,6 +80,9 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
+    let builder = builder.with_layer(&crate::client::InFlightLimit::new(
+        crate::client::REQUESTS_IN_FLIGHT,
+    ));
     match limit {
         None => builder.build(),
         Some(limit) => builder.with_layer(&AbortAfter { limit }).build(),
