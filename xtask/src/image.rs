@@ -7,8 +7,8 @@
 //!
 //! `cargo xtask test` builds the dev profile: linking (static, musl, crt-static by default)
 //! is the same as in the release profile, and on this 2-core machine the release build
-//! took 6.5 min cold and 2.5 min after any change to the operator (thin LTO), against
-//! 1.3 min and 4 s for the dev profile. `cargo xtask image --release` builds exactly the
+//! (fat LTO, one codegen unit) takes 5-6 min cold, most of it again after any change to
+//! the operator, against 1.3 min and 4 s for the dev profile. `cargo xtask image --release` builds exactly the
 //! Dockerfile's release binary (and prints its size, the bulk of the image).
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,9 @@
 //! from the kubeconfig, the connect, read and write timeouts, authentication (token
 //! files re-read), extra headers, and retries of 429, 503 and 504. With a proxy or an
 //! exec credential plugin in the kubeconfig, kube's builder is used as it is.
+//!
+//! Every client, either way, lets at most [`REQUESTS_IN_FLIGHT`] requests other than
+//! watches be in flight at once ([`InFlightLimit`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,8 +80,8 @@ pub fn pooled(config: &kube::Config) -> Result<Option<ClientBuilder<Stack>>, kub
     )))
 }
 
-/// Requests other than watches in flight at once. Watches are long-lived and never wait
-/// for this (every watch would hold a slot for good).
+/// Requests other than watches in flight at once. Watches are long-lived and do not keep
+/// a slot (every watch would hold one for good).
 pub const REQUESTS_IN_FLIGHT: usize = 32;
 
 /// Holds requests other than watches until fewer than [`REQUESTS_IN_FLIGHT`] are in
@@ -119,6 +122,9 @@ impl<S> tower::Layer<S> for InFlightLimit {
 
 type Waiting = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
+/// The future of a response, boxed: what this crate's client layers return.
+pub type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
 /// The service [`InFlightLimit`] wraps.
 pub struct InFlightLimited<S> {
     inner: S,
@@ -145,7 +151,7 @@ where
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+    type Future = ResponseFuture<B, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.slot.is_none() {
