@@ -74,7 +74,7 @@ impl WriteFence {
         };
         if !stale {
             written.remove(key);
-            shrink_after_burst(&mut written);
+            super::shrink_after_burst(&mut written);
         }
         stale
     }
@@ -97,16 +97,6 @@ impl WriteFence {
         self.written
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// A map never gives back the room a burst made (10,000 toggle statuses written at a cold
-/// start: about 1.5 MiB, then held for the operator's lifetime). Once at most an eighth of
-/// that room is used, the map shrinks to twice what it holds.
-pub fn shrink_after_burst<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    const SMALL: usize = 64;
-    if map.capacity() > SMALL && map.len() * 8 <= map.capacity() {
-        map.shrink_to((map.len() * 2).max(SMALL));
     }
 }
 

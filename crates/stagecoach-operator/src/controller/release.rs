@@ -513,14 +513,18 @@ fn publish_events(ctx: &ReleaseContext, release: &Release, key: &ObjectKey, plan
         }
         .instrument(tracing::Span::current()),
     );
-    // A finished task's handle still holds its memory (a few KiB: the task and its
-    // request's state); 1,000 releases' last handles were 3.5 MB at rest. Finished ones
-    // are dropped as soon as there are more than a few.
+    prune_finished(&mut tasks);
+    tasks.insert(fence_name(key), task);
+}
+
+/// A finished task's handle still holds its memory (a few KiB: the task and its request's
+/// state); 1,000 releases' last handles were 3.5 MB at rest. Finished ones are dropped as
+/// soon as there are more than a few.
+fn prune_finished(tasks: &mut std::collections::HashMap<String, tokio::task::JoinHandle<()>>) {
     if tasks.len() >= 64 {
         tasks.retain(|_, task| !task.is_finished());
-        super::fence::shrink_after_burst(&mut tasks);
+        super::shrink_after_burst(tasks);
     }
-    tasks.insert(fence_name(key), task);
 }
 
 fn record_metrics(ctx: &ReleaseContext, plan: &Plan) {
@@ -573,4 +577,39 @@ pub fn error_policy(
     ctx: Arc<ReleaseContext>,
 ) -> Action {
     super::error_policy(KIND, release.as_ref(), error, &ctx.base)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::prune_finished;
+
+    #[tokio::test]
+    async fn finished_event_tasks_are_let_go_and_running_ones_kept() {
+        let mut tasks = HashMap::new();
+        for i in 0..1_000 {
+            tasks.insert(format!("done-{i}"), tokio::spawn(async {}));
+        }
+        for i in 0..10 {
+            tasks.insert(format!("running-{i}"), tokio::spawn(std::future::pending()));
+        }
+        while tasks
+            .iter()
+            .any(|(name, task)| name.starts_with("done") && !task.is_finished())
+        {
+            tokio::task::yield_now().await;
+        }
+        prune_finished(&mut tasks);
+        let mut left: Vec<&String> = tasks.keys().collect();
+        left.sort();
+        assert_eq!(left.len(), 10);
+        assert!(left.iter().all(|name| name.starts_with("running")));
+        assert!(tasks.capacity() < 200, "capacity {}", tasks.capacity());
+        // A few handles are left alone.
+        let mut few = HashMap::new();
+        few.insert("done".to_owned(), tokio::spawn(async {}));
+        prune_finished(&mut few);
+        assert_eq!(few.len(), 1);
+    }
 }
