@@ -28,6 +28,7 @@
 
 mod cache;
 mod flagsets;
+mod store;
 mod triggers;
 mod unit;
 
@@ -54,6 +55,7 @@ pub use self::flagsets::FlagSetCache;
 use self::flagsets::{
     AppKey, AppState, Applications, Epoch, Planning, WRITE_GRACE, sync_flag_sets,
 };
+pub use self::store::ToggleCache;
 pub use self::triggers::Epochs;
 pub use self::triggers::{
     changes, fan_out, watch_flag_sets, watch_pipelines, watch_releases, watch_toggles,
@@ -77,11 +79,7 @@ const STATUS_WRITES_PER_APPLICATION: usize = 4;
 
 /// What planning an application reads: its toggles, the Releases of its namespace and
 /// its Pipeline, if it has one.
-type Observed = (
-    Vec<Arc<FeatureToggle>>,
-    Vec<Arc<Release>>,
-    Option<Arc<Pipeline>>,
-);
+type Observed = (Vec<FeatureToggle>, Vec<Arc<Release>>, Option<Arc<Pipeline>>);
 
 /// The first-list flags of the caches toggle planning reads.
 #[derive(Clone, Debug)]
@@ -94,7 +92,7 @@ pub struct Synced {
 /// What the toggle controller needs beyond the shared context.
 pub struct ToggleContext {
     pub base: Arc<Context>,
-    pub toggles: Store<FeatureToggle>,
+    pub toggles: ToggleCache,
     pub releases: Store<Release>,
     /// An application's Pipeline names its stages (before any Release exists).
     pub pipelines: Store<Pipeline>,
@@ -117,7 +115,7 @@ impl ToggleContext {
     #[allow(clippy::too_many_arguments)] // the caches and channels it is wired to, once
     pub fn new(
         base: Arc<Context>,
-        toggles: Store<FeatureToggle>,
+        toggles: ToggleCache,
         releases: Store<Release>,
         pipelines: Store<Pipeline>,
         flag_sets: FlagSetCache,
@@ -141,10 +139,8 @@ impl ToggleContext {
     }
 
     /// The toggles of `application` in `namespace` as the cache has them now.
-    fn observe_toggles(&self, namespace: &str, application: &str) -> Vec<Arc<FeatureToggle>> {
-        self.toggles.state_filter(|t| {
-            t.spec.application == application && t.metadata.namespace.as_deref() == Some(namespace)
-        })
+    fn observe_toggles(&self, namespace: &str, application: &str) -> Vec<FeatureToggle> {
+        self.toggles.of_application(namespace, application)
     }
 
     /// The toggles and Releases of `namespace` as the caches have them now.
@@ -197,7 +193,7 @@ async fn reconcile_application(
     let epoch = ctx.epochs.of(app);
     // An application without toggles is retired by `fan_out` (no OFREP entry, no
     // ConfigMaps); planning it would serve it again.
-    if ctx.observe_toggles(namespace, application).is_empty() {
+    if !ctx.toggles.has_application(namespace, application) {
         debug!("no toggle left");
         return Ok(Action::await_change());
     }
@@ -224,13 +220,8 @@ async fn reconcile_application(
     }
     let render = |stage: &str| {
         let (toggles, releases, pipeline) = ctx.observe(namespace, application);
-        let input = ApplicationInput::new(
-            namespace,
-            application,
-            toggles.iter().map(AsRef::as_ref),
-            &releases,
-        )
-        .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
+        let input = ApplicationInput::new(namespace, application, &toggles, &releases)
+            .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
         let rendered = input.render(stage);
         (canonical_json(&rendered.document), rendered.version)
     };
@@ -299,7 +290,7 @@ fn planned_as(toggle: &FeatureToggle) -> u64 {
 #[instrument(skip_all, fields(name = %toggle.name_any()))]
 async fn serve_toggle(
     ctx: &ToggleContext,
-    toggle: Arc<FeatureToggle>,
+    toggle: FeatureToggle,
     plan: &ApplicationPlan,
     flag_set_problems: &[Problem],
 ) -> Result<(), ReconcileError> {
@@ -393,14 +384,9 @@ async fn current_plan(
     }
     let _turn = ctx.planning.acquire().await;
     let (toggles, releases, pipeline) = ctx.observe(&app.namespace, &app.application);
-    let input = ApplicationInput::new(
-        &app.namespace,
-        &app.application,
-        toggles.iter().map(AsRef::as_ref),
-        &releases,
-    )
-    .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
-    state.planned_toggles = toggles.iter().map(|t| planned_as(t)).collect();
+    let input = ApplicationInput::new(&app.namespace, &app.application, &toggles, &releases)
+        .with_pipeline(pipeline.as_ref().map(|p| &p.spec));
+    state.planned_toggles = toggles.iter().map(planned_as).collect();
     // Something changed, but maybe nothing this application's plan depends on.
     if let Some(plan) = state.plan.clone()
         && plan.fingerprint == input.fingerprint()

@@ -4,17 +4,18 @@
 //! with no API call.
 //!
 //! The index does not copy toggle specs: a served flag names its FeatureToggle, whose spec
-//! is read from the controller's reflector cache (shared memory, an `Arc` clone per
-//! request). Between a spec change reaching the cache and the controller planning it
+//! is read from the controller's toggle cache (decoded from the cache's compact text per
+//! request, see `controller::toggle::ToggleCache`). Between a spec change reaching the cache and the controller planning it
 //! (within a couple of seconds, see `controller::toggle`), the new spec is evaluated with
 //! the application's planned couplings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use kube::runtime::reflector::{ObjectRef, Store};
-use stagecoach_api::FeatureToggle;
+use stagecoach_api::FeatureToggleSpec;
 pub use stagecoach_engine::toggle::AppFlags;
+
+use crate::controller::toggle::ToggleCache;
 
 /// Applications by namespace, then name, and the toggle cache. Cheap to clone; clones
 /// share the index.
@@ -25,7 +26,7 @@ pub use stagecoach_engine::toggle::AppFlags;
 #[derive(Clone)]
 pub struct FlagIndex {
     apps: Arc<RwLock<ByNamespace>>,
-    toggles: Store<FeatureToggle>,
+    toggles: ToggleCache,
 }
 
 /// Namespace -> application name -> flags.
@@ -33,7 +34,7 @@ type ByNamespace = HashMap<String, HashMap<String, Arc<AppFlags>>>;
 
 impl FlagIndex {
     /// An empty index reading specs from `toggles`.
-    pub fn new(toggles: Store<FeatureToggle>) -> Self {
+    pub fn new(toggles: ToggleCache) -> Self {
         Self {
             apps: Arc::default(),
             toggles,
@@ -65,9 +66,10 @@ impl FlagIndex {
         apps.get(namespace)?.get(application).cloned()
     }
 
-    /// The FeatureToggle `name` in `namespace`, from the cache; None once deleted.
-    pub fn toggle(&self, namespace: &str, name: &str) -> Option<Arc<FeatureToggle>> {
-        self.toggles.get(&ObjectRef::new(name).within(namespace))
+    /// The spec of the FeatureToggle `name` in `namespace`, from the cache; None once
+    /// deleted.
+    pub fn spec(&self, namespace: &str, name: &str) -> Option<FeatureToggleSpec> {
+        self.toggles.spec(namespace, name)
     }
 }
 
@@ -79,15 +81,15 @@ impl std::fmt::Debug for FlagIndex {
 
 #[cfg(test)]
 mod tests {
-    use kube::runtime::reflector;
     use kube::runtime::watcher;
+    use stagecoach_api::FeatureToggle;
 
     use super::*;
 
     #[test]
     fn publish_replace_remove_and_read_specs_from_the_cache() {
-        let (store, mut writer) = reflector::store();
-        let index = FlagIndex::new(store);
+        let cache = ToggleCache::new();
+        let index = FlagIndex::new(cache.clone());
         assert!(index.application("team", "billing").is_none());
         index.publish("team", "billing", Arc::new(AppFlags::default()));
         index.publish("team", "shop", Arc::new(AppFlags::default()));
@@ -109,11 +111,8 @@ mod tests {
             .unwrap(),
         );
         toggle.metadata.namespace = Some("team".into());
-        writer.apply_watcher_event(&watcher::Event::Apply(toggle));
-        assert_eq!(
-            index.toggle("team", "new-ui").unwrap().spec.application,
-            "shop"
-        );
-        assert!(index.toggle("other", "new-ui").is_none());
+        cache.apply(&watcher::Event::Apply(toggle));
+        assert_eq!(index.spec("team", "new-ui").unwrap().application, "shop");
+        assert!(index.spec("other", "new-ui").is_none());
     }
 }

@@ -510,8 +510,8 @@ async fn evaluate_one(
     let toggle = app
         .flags
         .get(&key)
-        .and_then(|name| server.index.toggle(&namespace, name));
-    let Some(toggle) = toggle else {
+        .and_then(|name| server.index.spec(&namespace, name));
+    let Some(spec) = toggle else {
         // The key is in the body's `key` already: not echoed twice.
         let details = app.not_served.get(&key).cloned().unwrap_or_else(|| {
             format!(
@@ -521,7 +521,7 @@ async fn evaluate_one(
         });
         return failure(StatusCode::NOT_FOUND, ErrorCode::FlagNotFound, details);
     };
-    match evaluate(&key, &toggle.spec, &stage, &context, &app.couplings) {
+    match evaluate(&key, &spec, &stage, &context, &app.couplings) {
         Ok(evaluation) => json_response(StatusCode::OK, &success(&key, evaluation, &version)),
         Err(error) => {
             let status = match error.code() {
@@ -589,9 +589,9 @@ async fn evaluate_all(
     let entries = app
         .flags
         .iter()
-        .filter_map(|(key, name)| Some((key, server.index.toggle(&namespace, name)?)))
+        .filter_map(|(key, name)| Some((key, server.index.spec(&namespace, name)?)))
         .map(
-            |(key, toggle)| match evaluate(key, &toggle.spec, &stage, &context, &app.couplings) {
+            |(key, spec)| match evaluate(key, &spec, &stage, &context, &app.couplings) {
                 Ok(evaluation) => BulkEntry::Success(success(key, evaluation, &version)),
                 Err(error) => BulkEntry::Failure(bulk_failure(key, &error)),
             },
@@ -631,6 +631,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::controller::toggle::ToggleCache;
     use crate::metrics::Metrics;
     use crate::ofrep::AppFlags;
 
@@ -670,11 +671,11 @@ mod tests {
     }
 
     fn index() -> FlagIndex {
-        let (store, mut writer) = reflector::store();
+        let cache = ToggleCache::new();
         for toggle in toggles() {
-            writer.apply_watcher_event(&watcher::Event::Apply(toggle));
+            cache.apply(&watcher::Event::Apply(toggle));
         }
-        let index = FlagIndex::new(store);
+        let index = FlagIndex::new(cache);
         index.publish(
             "team",
             "shop",

@@ -31,8 +31,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::ToggleContext;
-use super::cache::{compact_for_cache, digest};
+use super::cache::compact_for_cache;
 use super::flagsets::{AppKey, Epoch, FlagSetCache, VERSION_ANNOTATION, delete_flag_sets};
+use super::store::{ToggleCache, ToggleChange};
 use super::unit::{ApplicationStore, ToggleApplication};
 use crate::admin::CacheSync;
 use crate::controller::reflect;
@@ -271,63 +272,58 @@ pub fn watch_toggles(
     synced: CacheSync,
     changes: Changes,
 ) -> (
-    Store<FeatureToggle>,
+    ToggleCache,
     Store<ToggleApplication>,
     impl Stream<Item = Result<ToggleApplication, watcher::Error>> + Send + 'static,
 ) {
-    let mut seen = Seen::new();
     let mut applications = ApplicationStore::new();
     let application_store = applications.store();
-    let (toggles, applied) = watch_and_tell(api, synced, compact_for_cache, move |cache, event| {
-        applications.apply(event);
-        let facts = |t: &FeatureToggle| ToggleFacts {
-            application: t.spec.application.clone(),
-            uid: uid_digest(t),
-            generation: t.metadata.generation.unwrap_or(0),
-        };
-        if let watcher::Event::InitDone = event {
-            changes.epochs.relisted();
-        }
-        for ((namespace, _), before, after) in seen.observe_keyed(event, facts) {
-            // Deleted, or moved to another application: the one it left may have no
-            // toggle left.
-            if let Some(left) = before.as_ref().filter(|b| {
-                after
-                    .as_ref()
-                    .is_none_or(|a| a.application != b.application)
-            }) {
-                applications.vacated(cache, &AppKey::new(&namespace, &left.application));
+    let cache = ToggleCache::new();
+    let toggles = cache.clone();
+    let events = relisting_watcher(api, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .modify(|toggle: &mut FeatureToggle| {
+            toggle.managed_fields_mut().clear();
+            compact_for_cache(toggle);
+        })
+        .inspect(move |event| {
+            let Ok(event) = event else { return };
+            let toggle_changes = toggles.apply(event);
+            if let watcher::Event::InitDone = event {
+                synced.synced();
+                changes.epochs.relisted();
             }
-            let apps: BTreeSet<String> = [before, after]
-                .into_iter()
-                .flatten()
-                .map(|f| f.application)
-                .collect();
-            for application in apps {
-                let app = AppKey::new(&namespace, &application);
-                changes.epochs.application_changed(&app);
-                changes.send(Change::Application(app));
+            applications.apply(event);
+            for ToggleChange {
+                namespace,
+                before,
+                after,
+            } in toggle_changes
+            {
+                // Deleted, or moved to another application: the one it left may have no
+                // toggle left.
+                if let Some(left) = before.as_ref().filter(|b| {
+                    after
+                        .as_ref()
+                        .is_none_or(|a| a.application != b.application)
+                }) {
+                    applications.vacated(&toggles, &AppKey::new(&namespace, &left.application));
+                }
+                let apps: BTreeSet<String> = [before, after]
+                    .into_iter()
+                    .flatten()
+                    .map(|f| f.application)
+                    .collect();
+                for application in apps {
+                    let app = AppKey::new(&namespace, &application);
+                    changes.epochs.application_changed(&app);
+                    changes.send(Change::Application(app));
+                }
             }
-        }
-    });
-    let applications_applied = applied.map(|toggle| toggle.map(|t| ToggleApplication::of(&t)));
-    (toggles, application_store, applications_applied)
-}
-
-/// What a toggle's changes are told by: its application (the namespace is the key's),
-/// its uid (a toggle deleted and created again under its name while no watch ran starts
-/// at generation 1 again) and its generation (its spec).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ToggleFacts {
-    application: String,
-    uid: u64,
-    generation: i64,
-}
-
-/// A digest of a toggle's uid: [`Seen`] keeps one per toggle, and 8 bytes tell a new uid
-/// from the old one as well as its 36 characters.
-fn uid_digest(toggle: &FeatureToggle) -> u64 {
-    digest(&toggle.metadata.uid)
+        })
+        .applied_objects();
+    let applications_applied = events.map(|toggle| toggle.map(|t| ToggleApplication::of(&t)));
+    (cache, application_store, applications_applied)
 }
 
 /// Watches Pipelines (the cache and stream the release controller uses too); reports the
@@ -560,29 +556,25 @@ async fn affected_applications(
     }
     let mut requests = BTreeSet::new();
     let mut with_toggles = BTreeSet::new();
-    for toggle in ctx.toggles.state() {
-        let namespace = toggle.namespace().unwrap_or_default();
-        let app = AppKey::new(&namespace, &toggle.spec.application);
-        if requests.contains(&app) {
-            continue;
-        }
-        let coupled = || {
-            toggle
-                .spec
-                .stages
-                .values()
-                .flat_map(|s| &s.rules)
-                .filter_map(|r| r.when.as_ref())
-                .any(|w| releases.contains(&(namespace.clone(), w.release.clone())))
-        };
-        let changed = applications.contains(&app);
-        if changed {
-            with_toggles.insert(app.clone());
-        }
-        if changed || coupled() {
-            requests.insert(app);
-        }
-    }
+    ctx.toggles
+        .for_each(|namespace, application, coupled_releases| {
+            let app = AppKey::new(namespace, application);
+            if requests.contains(&app) {
+                return;
+            }
+            let changed = applications.contains(&app);
+            if changed {
+                with_toggles.insert(app.clone());
+            }
+            let coupled = || {
+                coupled_releases
+                    .iter()
+                    .any(|release| releases.contains(&(namespace.to_owned(), release.to_string())))
+            };
+            if changed || coupled() {
+                requests.insert(app);
+            }
+        });
     // The applications left have no toggle (any more).
     for app in applications.difference(&with_toggles) {
         if scope.is_some_and(|ns| ns != app.namespace) {

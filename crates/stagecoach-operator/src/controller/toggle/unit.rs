@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use stagecoach_api::FeatureToggle;
 
 use super::flagsets::AppKey;
+use super::store::ToggleCache;
 
 /// An application whose toggles the controller serves: named after the application, in
 /// its toggles' namespace. Exists only in the operator's memory.
@@ -176,12 +177,8 @@ impl ApplicationStore {
 
     /// `app` lost a toggle (deleted, or moved to another application): removed from the
     /// store if `toggles` (the cache, already updated) has none of its toggles left.
-    pub fn vacated(&mut self, toggles: &Store<FeatureToggle>, app: &AppKey) {
-        let left = toggles.find(|t| {
-            t.spec.application == app.application
-                && t.metadata.namespace.as_deref() == Some(app.namespace.as_str())
-        });
-        if left.is_none() {
+    pub fn vacated(&mut self, toggles: &ToggleCache, app: &AppKey) {
+        if !toggles.has_application(&app.namespace, &app.application) {
             self.listed.remove(app);
             self.writer
                 .apply_watcher_event(&watcher::Event::Delete(ToggleApplication::new(app)));
@@ -198,7 +195,6 @@ impl ApplicationStore {
 #[cfg(test)]
 pub mod tests {
     use futures::FutureExt;
-    use kube::runtime::reflector;
     use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
 
     use super::*;
@@ -224,13 +220,13 @@ pub mod tests {
 
     #[test]
     fn an_application_is_stored_while_the_cache_has_one_of_its_toggles() {
-        let (toggles, mut toggle_writer) = reflector::store::<FeatureToggle>();
+        let toggles = ToggleCache::new();
         let mut apps = ApplicationStore::new();
         let store = apps.store();
         // What the toggle watch does: the cache first, then the applications; a deleted
         // or moved toggle vacates its (former) application.
         let mut event = |event: watcher::Event<FeatureToggle>, vacated: Option<&str>| {
-            toggle_writer.apply_watcher_event(&event);
+            toggles.apply(&event);
             apps.apply(&event);
             if let Some(app) = vacated {
                 apps.vacated(&toggles, &AppKey::new("team", app));
