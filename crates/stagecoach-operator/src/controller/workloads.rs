@@ -125,10 +125,7 @@ fn new_pod_health(
         if pod.ready() {
             health.ready += 1;
         }
-        if pod
-            .waiting_reasons()
-            .any(|reason| reason == "CrashLoopBackOff")
-        {
+        if pod.crash_looping() {
             health.crash_looping += 1;
         }
         health.max_restarts = health.max_restarts.max(pod.max_restarts());
