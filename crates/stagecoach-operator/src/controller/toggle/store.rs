@@ -22,10 +22,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
+use stagecoach_api::condition::{Condition, ConditionStatus};
+use stagecoach_api::toggle::ToggleStageStatus;
 use stagecoach_api::{FeatureToggle, FeatureToggleSpec, FeatureToggleStatus};
 use tracing::error;
 
@@ -69,8 +73,14 @@ struct Entry {
     application: Box<str>,
     /// A digest of its uid: a toggle deleted and created again under its name while no
     /// watch ran starts at generation 1 again.
-    uid: u64,
-    generation: i64,
+    uid_digest: u64,
+    /// Its uid as a number, when it is a UUID in the API server's form (then it is not
+    /// in the JSON).
+    uid: Option<u128>,
+    generation: Option<i64>,
+    /// Its creation time in whole seconds, when it has no fraction (the API server's
+    /// form; then it is not in the JSON).
+    created: Option<i64>,
     resource_version: Box<str>,
     /// The Releases named by its rules' `when` (empty for most toggles).
     coupled_releases: Box<[Box<str>]>,
@@ -80,42 +90,177 @@ struct Entry {
     json: Box<str>,
 }
 
-/// What the JSON text of a cached toggle holds: the object without its name and
-/// namespace (the cache's keys) and without `apiVersion` and `kind`.
-#[derive(Serialize)]
-struct Wire<'a> {
-    metadata: &'a ObjectMeta,
-    spec: &'a FeatureToggleSpec,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'a FeatureToggleStatus>,
-}
-
-#[derive(Deserialize)]
-struct WireOwned {
+/// What the JSON text of a cached toggle holds, with one-letter keys: the metadata
+/// without what the entry holds (name and namespace, the cache's keys; resource version,
+/// generation, and uid and creation time in their usual forms), the spec, and the status
+/// with each condition as an array ([`ConditionWire`]).
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(rename = "m")]
     metadata: ObjectMeta,
+    #[serde(rename = "s")]
     spec: FeatureToggleSpec,
-    #[serde(default)]
-    status: Option<FeatureToggleStatus>,
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    status: Option<StatusWire>,
 }
 
 /// Only the spec of a cached toggle (OFREP reads nothing else).
 #[derive(Deserialize)]
 struct SpecOnly {
+    #[serde(rename = "s")]
     spec: FeatureToggleSpec,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatusWire {
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    observed_generation: Option<i64>,
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
+    conditions: Vec<ConditionWire>,
+    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
+    stages: Vec<ToggleStageStatus>,
+}
+
+/// A condition as an array: type, status, reason, message, observed generation, last
+/// transition time.
+type ConditionWire = (
+    String,
+    ConditionStatus,
+    String,
+    String,
+    Option<i64>,
+    DateTime<Utc>,
+);
+
+impl From<FeatureToggleStatus> for StatusWire {
+    fn from(status: FeatureToggleStatus) -> Self {
+        // Every field named: a field added to the status is not silently left out.
+        let FeatureToggleStatus {
+            observed_generation,
+            key,
+            conditions,
+            stages,
+            cache_digest: _,
+        } = status;
+        let conditions = conditions
+            .into_iter()
+            .map(|condition| {
+                let Condition {
+                    r#type,
+                    status,
+                    reason,
+                    message,
+                    observed_generation,
+                    last_transition_time,
+                } = condition;
+                (
+                    r#type,
+                    status,
+                    reason,
+                    message,
+                    observed_generation,
+                    last_transition_time,
+                )
+            })
+            .collect();
+        Self {
+            observed_generation,
+            key,
+            conditions,
+            stages,
+        }
+    }
+}
+
+impl From<StatusWire> for FeatureToggleStatus {
+    fn from(status: StatusWire) -> Self {
+        let conditions = status
+            .conditions
+            .into_iter()
+            .map(
+                |(r#type, status, reason, message, observed_generation, last_transition_time)| {
+                    Condition {
+                        r#type,
+                        status,
+                        reason,
+                        message,
+                        observed_generation,
+                        last_transition_time,
+                    }
+                },
+            )
+            .collect();
+        Self {
+            observed_generation: status.observed_generation,
+            key: status.key,
+            conditions,
+            stages: status.stages,
+            cache_digest: None,
+        }
+    }
+}
+
+/// `uid` as a number, if it is a UUID as the API server writes it (lower-case hex in
+/// groups of 8-4-4-4-12), so that [`uid_text`] gives it back exactly.
+fn uid_number(uid: &str) -> Option<u128> {
+    let groups: Vec<&str> = uid.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lengths != [8, 4, 4, 4, 12]
+        || !uid
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    u128::from_str_radix(&groups.concat(), 16).ok()
+}
+
+/// The UUID text of a uid [`uid_number`] read.
+fn uid_text(uid: u128) -> String {
+    let hex = format!("{uid:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 impl Entry {
     /// The entry of `toggle` (already compacted for the cache).
     fn of(toggle: &FeatureToggle) -> Option<Self> {
+        let uid = toggle.metadata.uid.as_deref().and_then(uid_number);
+        let created = toggle
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .filter(|t| t.0.subsec_nanosecond() == 0)
+            .map(|t| t.0.as_second());
         let metadata = ObjectMeta {
             name: None,
             namespace: None,
+            resource_version: None,
+            generation: None,
+            uid: if uid.is_some() {
+                None
+            } else {
+                toggle.metadata.uid.clone()
+            },
+            creation_timestamp: if created.is_some() {
+                None
+            } else {
+                toggle.metadata.creation_timestamp.clone()
+            },
             ..toggle.metadata.clone()
         };
         let wire = Wire {
-            metadata: &metadata,
-            spec: &toggle.spec,
-            status: toggle.status.as_ref(),
+            metadata,
+            spec: toggle.spec.clone(),
+            status: toggle.status.clone().map(StatusWire::from),
         };
         let json = match serde_json::to_string(&wire) {
             Ok(json) => json,
@@ -138,8 +283,10 @@ impl Entry {
         coupled.dedup();
         Some(Self {
             application: toggle.spec.application.as_str().into(),
-            uid: digest(&toggle.metadata.uid),
-            generation: toggle.metadata.generation.unwrap_or(0),
+            uid_digest: digest(&toggle.metadata.uid),
+            uid,
+            generation: toggle.metadata.generation,
+            created,
             resource_version: toggle
                 .metadata
                 .resource_version
@@ -155,31 +302,42 @@ impl Entry {
     fn facts(&self) -> ToggleFacts {
         ToggleFacts {
             application: self.application.to_string(),
-            uid: self.uid,
-            generation: self.generation,
+            uid: self.uid_digest,
+            generation: self.generation.unwrap_or(0),
         }
     }
 
     /// The toggle `name` in `namespace` this entry holds.
     fn decode(&self, namespace: &str, name: &str) -> Option<FeatureToggle> {
-        let wire: WireOwned = match serde_json::from_str(&self.json) {
+        let wire: Wire = match serde_json::from_str(&self.json) {
             Ok(wire) => wire,
             Err(error) => {
                 error!(%namespace, %name, %error, "cannot read cached toggle");
                 return None;
             }
         };
-        let mut toggle = FeatureToggle {
-            metadata: wire.metadata,
-            spec: wire.spec,
-            status: wire.status,
-        };
-        toggle.metadata.name = Some(name.to_owned());
-        toggle.metadata.namespace = Some(namespace.to_owned());
-        if let Some(status) = &mut toggle.status {
-            status.cache_digest = self.status_digest;
+        let mut metadata = wire.metadata;
+        metadata.name = Some(name.to_owned());
+        metadata.namespace = Some(namespace.to_owned());
+        if !self.resource_version.is_empty() {
+            metadata.resource_version = Some(self.resource_version.to_string());
         }
-        Some(toggle)
+        metadata.generation = self.generation;
+        if let Some(uid) = self.uid {
+            metadata.uid = Some(uid_text(uid));
+        }
+        if let Some(created) = self.created {
+            metadata.creation_timestamp = Timestamp::from_second(created).ok().map(Time);
+        }
+        let status = wire.status.map(|status| FeatureToggleStatus {
+            cache_digest: self.status_digest,
+            ..status.into()
+        });
+        Some(FeatureToggle {
+            metadata,
+            spec: wire.spec,
+            status,
+        })
     }
 }
 
@@ -601,5 +759,41 @@ mod tests {
                 .apply(&Delete(toggle("team", "b", "shop", "5")))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn uids_and_creation_times_in_the_api_servers_form_are_kept_as_numbers() {
+        let uid = "3999992c-c1db-46d3-b515-e058366d16b4";
+        assert_eq!(uid_number(uid).map(uid_text).as_deref(), Some(uid));
+        for not_canonical in [
+            "uid-a",
+            "3999992C-C1DB-46D3-B515-E058366D16B4",
+            "3999992cc1db46d3b515e058366d16b4",
+            "3999992c-c1db-46d3-b515-e058366d16b4-",
+            "+999992c-c1db-46d3-b515-e058366d16b4",
+        ] {
+            assert_eq!(uid_number(not_canonical), None, "{not_canonical}");
+        }
+
+        let cache = ToggleCache::new();
+        let mut usual = toggle("team", "usual", "shop", "1");
+        usual.metadata.uid = Some(uid.into());
+        cache.apply(&Apply(usual.clone()));
+        let entry_json = |name: &str| cache.read().toggles["team"][name].json.to_string();
+        let json = entry_json("usual");
+        assert!(
+            !json.contains(uid) && !json.contains("2026-11-29T10:00:00Z"),
+            "{json}"
+        );
+        assert_same(&cache.get("team", "usual").unwrap(), &usual);
+
+        // Other forms are kept as they are, in the JSON.
+        let mut unusual = toggle("team", "unusual", "shop", "1");
+        unusual.metadata.creation_timestamp =
+            Some(Time("2026-11-29T10:00:00.25Z".parse().unwrap()));
+        unusual.metadata.generation = None;
+        cache.apply(&Apply(unusual.clone()));
+        assert!(entry_json("unusual").contains("uid-unusual"));
+        assert_same(&cache.get("team", "unusual").unwrap(), &unusual);
     }
 }
