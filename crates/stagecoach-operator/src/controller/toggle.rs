@@ -23,8 +23,9 @@
 //! keyed by an [`Epoch`] the watches advance); a burst of changes is planned once after
 //! it settles (300 ms quiet, at most 2 s late); one application is planned at a time; the
 //! cache keeps a digest of each toggle's status rather than all of it
-//! ([`cache::compact_for_cache`]); and OFREP reads specs from the cache instead of copying
-//! them.
+//! ([`cache::compact_for_cache`]), and each toggle as compact text, decoded when read
+//! ([`ToggleCache`]); and OFREP decodes the spec it evaluates from that cache instead of
+//! holding a copy.
 
 mod cache;
 mod flagsets;

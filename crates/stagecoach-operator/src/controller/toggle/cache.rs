@@ -1,6 +1,6 @@
-//! How a FeatureToggle is kept in the reflector cache, which holds every toggle for the
-//! operator's lifetime: small, with a digest of its status to tell whether a status the
-//! controller computes is already written.
+//! What of a FeatureToggle the toggle cache ([`super::store::ToggleCache`]) keeps: it
+//! holds every toggle for the operator's lifetime, so only what is read, with a digest of
+//! its status to tell whether a status the controller computes is already written.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -19,7 +19,7 @@ pub fn status_digest(status: &FeatureToggleStatus) -> u64 {
     digest(&serde_json::to_vec(status).unwrap_or_default())
 }
 
-/// Shrinks a toggle for the reflector cache: the status is replaced by its digest
+/// Shrinks a toggle for the toggle cache: the status is replaced by its digest
 /// (`status.cache_digest`) plus the little the controller reads from it (the conditions'
 /// status, reason and time, from which the next status keeps its transition times), and
 /// the description and annotations, which nothing reads, go. [`status_unchanged`]

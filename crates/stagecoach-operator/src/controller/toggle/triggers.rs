@@ -3,8 +3,8 @@
 //! re-reconciles the application; and an application whose last toggle is gone has its
 //! flag sets deleted.
 //!
-//! The watches below feed the reflector caches and, after each cache update, report which
-//! applications changed. Only changes that matter for the plan are reported: a toggle's
+//! The watches below feed the caches (the toggle cache, reflector stores for the rest)
+//! and, after each cache update, report which applications changed. Only changes that matter for the plan are reported: a toggle's
 //! spec (generation), creation or deletion (any change to a toggle, its status included,
 //! also reconciles its application, through the stream [`watch_toggles`] returns); a
 //! Release's stages or reached stages, not every status write; any change to a flag-set
