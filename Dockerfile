@@ -35,7 +35,7 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 # jemalloc's settings, compiled into it: the same as .cargo/config.toml's (which says
 # why); `cargo xtask image` checks that they agree.
-ENV JEMALLOC_SYS_WITH_MALLOC_CONF="background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2"
+ENV JEMALLOC_SYS_WITH_MALLOC_CONF="background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1"
 # musl-tools: musl-gcc, which compiles the C parts (ring, jemalloc) for the musl target.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
