@@ -4,8 +4,8 @@
 //! flag sets deleted.
 //!
 //! The watches below feed the caches (the toggle cache, reflector stores for the rest)
-//! and, after each cache update, report which applications changed. Only changes that matter for the plan are reported: a toggle's
-//! spec (generation), creation or deletion (any change to a toggle, its status included,
+//! and, after each cache update, report which applications changed. Only changes that
+//! matter for the plan are reported: a toggle's spec (generation), creation or deletion (any change to a toggle, its status included,
 //! also reconciles its application, through the stream [`watch_toggles`] returns); a
 //! Release's stages or reached stages, not every status write; any change to a flag-set
 //! ConfigMap (edited or deleted by someone else, or gone stale). [`fan_out`] turns the
@@ -144,14 +144,13 @@ impl Epochs {
     }
 }
 
-/// Watches `api` into a reflector cache, calling `tell` with the cache and every event
-/// after the cache has applied it. Returns the cache and the stream of applied objects (which drives a
+/// Watches `api` into a reflector cache, calling `tell` with every event after the cache
+/// has applied it. Returns the cache and the stream of applied objects (which drives a
 /// controller, like [`crate::controller::cached_watch_with`]).
 fn watch_and_tell<K>(
     api: Api<K>,
     synced: CacheSync,
-    compact: fn(&mut K),
-    mut tell: impl FnMut(&Store<K>, &watcher::Event<K>) + Send + 'static,
+    mut tell: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -160,14 +159,10 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let cache = reader.clone();
     let objects = reflect::reflect(
         relisting_watcher(api, watcher::Config::default())
             .backoff(WatchBackoff::default())
-            .modify(move |obj: &mut K| {
-                obj.managed_fields_mut().clear();
-                compact(obj);
-            }),
+            .modify(|obj: &mut K| obj.managed_fields_mut().clear()),
         writer,
     )
     .inspect(move |event| {
@@ -175,7 +170,7 @@ where
             if let watcher::Event::InitDone = event {
                 synced.synced();
             }
-            tell(&cache, event);
+            tell(event);
         }
     })
     .applied_objects();
@@ -339,38 +334,33 @@ pub fn watch_pipelines(
     impl Stream<Item = Result<Pipeline, watcher::Error>> + Send + 'static,
 ) {
     let mut seen = Seen::new();
-    watch_and_tell(
-        api,
-        synced,
-        |_| {},
-        move |_, event| {
-            // The controller's stream carries applied objects only: a deleted Pipeline
-            // is reported on its own (its releases and the other claimants look again).
-            if let watcher::Event::Delete(pipeline) = event {
-                let _ = deleted.send(pipeline.clone());
+    watch_and_tell(api, synced, move |event| {
+        // The controller's stream carries applied objects only: a deleted Pipeline
+        // is reported on its own (its releases and the other claimants look again).
+        if let watcher::Event::Delete(pipeline) = event {
+            let _ = deleted.send(pipeline.clone());
+        }
+        let facts = |p: &Pipeline| {
+            let stages: Vec<(String, Option<String>)> = p
+                .spec
+                .stages
+                .iter()
+                .map(|s| (s.name.clone(), s.namespace.clone()))
+                .collect();
+            (
+                AppKey::new(&p.namespace().unwrap_or_default(), p.application()),
+                stages,
+            )
+        };
+        for (before, after) in seen.observe(event, facts) {
+            let apps: BTreeSet<AppKey> =
+                [before, after].into_iter().flatten().map(|f| f.0).collect();
+            for app in apps {
+                changes.epochs.application_changed(&app);
+                changes.send(Change::Application(app));
             }
-            let facts = |p: &Pipeline| {
-                let stages: Vec<(String, Option<String>)> = p
-                    .spec
-                    .stages
-                    .iter()
-                    .map(|s| (s.name.clone(), s.namespace.clone()))
-                    .collect();
-                (
-                    AppKey::new(&p.namespace().unwrap_or_default(), p.application()),
-                    stages,
-                )
-            };
-            for (before, after) in seen.observe(event, facts) {
-                let apps: BTreeSet<AppKey> =
-                    [before, after].into_iter().flatten().map(|f| f.0).collect();
-                for app in apps {
-                    changes.epochs.application_changed(&app);
-                    changes.send(Change::Application(app));
-                }
-            }
-        },
-    )
+        }
+    })
 }
 
 /// Watches Releases (the cache and stream the release controller uses); reports every
@@ -384,33 +374,28 @@ pub fn watch_releases(
     impl Stream<Item = Result<Release, watcher::Error>> + Send + 'static,
 ) {
     let mut seen = Seen::new();
-    watch_and_tell(
-        api,
-        synced,
-        |_| {},
-        move |_, event| {
-            let facts = |r: &Release| {
-                (
-                    r.namespace().unwrap_or_default(),
-                    r.name_any(),
-                    ReleaseFacts::of(r),
-                )
-            };
-            if let watcher::Event::InitDone = event {
-                changes.epochs.relisted();
+    watch_and_tell(api, synced, move |event| {
+        let facts = |r: &Release| {
+            (
+                r.namespace().unwrap_or_default(),
+                r.name_any(),
+                ReleaseFacts::of(r),
+            )
+        };
+        if let watcher::Event::InitDone = event {
+            changes.epochs.relisted();
+        }
+        for (before, after) in seen.observe(event, facts) {
+            for (namespace, name, facts) in [before, after].into_iter().flatten() {
+                changes.epochs.namespace_changed(&namespace);
+                changes.send(Change::Release {
+                    namespace,
+                    name,
+                    application: facts.application,
+                });
             }
-            for (before, after) in seen.observe(event, facts) {
-                for (namespace, name, facts) in [before, after].into_iter().flatten() {
-                    changes.epochs.namespace_changed(&namespace);
-                    changes.send(Change::Release {
-                        namespace,
-                        name,
-                        application: facts.application,
-                    });
-                }
-            }
-        },
-    )
+        }
+    })
 }
 
 /// Watches the operator's flag-set ConfigMaps in every namespace (metadata only: labels
